@@ -1,0 +1,52 @@
+# The two commands of the README: `make demo` (main job on built-in synthetic data, CPU) and `make test` (every test).
+# Both create and reuse the virtual environment .venv from the project's own files (settings.ini via setup.py).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.reid_nb-installed
+# nbdev_test workers; tests/ run with pytest afterwards
+N_WORKERS ?= 2
+
+.PHONY: install demo test test-nbs test-py check readme export clean-nbs bench clean
+
+install: $(STAMP)
+
+$(STAMP): settings.ini setup.py
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "reid_nb needs Python >= 3.10, found " + sys.version' 
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch/torchvision pinned in settings.ini (== the releases on this workplace's disk; elsewhere pip fetches them)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+# main job: the demo (see README); writes runs/demo/
+demo: install
+	$(BIN)/python -m reid_nb.demo --out runs/demo
+
+test: test-nbs test-py
+
+test-nbs: install
+	$(BIN)/nbdev_test --n_workers $(N_WORKERS) --timing
+
+test-py: install
+	$(BIN)/python -m pytest tests -q
+
+# notebooks are the source: fails if reid_nb/ or README.md disagree with nbs/, or a notebook is not clean
+check: install
+	PATH=$(abspath $(BIN)):$$PATH bash .ci/check_sync.sh
+
+export: install
+	$(BIN)/nbdev_export
+
+clean-nbs: install
+	$(BIN)/nbdev_clean
+
+readme: install
+	$(BIN)/python tools/nb2readme.py
+
+bench: install
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

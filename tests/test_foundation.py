@@ -1,0 +1,71 @@
+"""Foundation guards: papermill parameters survive nbdev_clean, misspelt parameters fail, and the sync check catches drift."""
+import configparser, json, shutil, subprocess
+from pathlib import Path
+import pytest
+import reid_nb
+from conftest import ROOT, BIN, run
+
+FIXTURE = ROOT / "tests" / "fixtures" / "params_demo.ipynb"
+
+def _tags(nb_path):
+    nb = json.loads(Path(nb_path).read_text())
+    return [c.get("metadata", {}).get("tags", []) for c in nb["cells"]]
+
+def test_version_matches_settings():
+    cfg = configparser.ConfigParser(); cfg.read(ROOT / "settings.ini")
+    assert reid_nb.__version__ == cfg["DEFAULT"]["version"]
+
+def test_nbdev_clean_keeps_parameters_tag(tmp_path):
+    # with this project's settings.ini the tag survives ...
+    nb = tmp_path / "p.ipynb"; shutil.copy(FIXTURE, nb)
+    run([BIN / "nbdev_clean", "--fname", str(nb)])
+    assert ["parameters"] in _tags(nb)
+    # ... and without `allowed_cell_metadata_keys = tags` nbdev_clean strips it (what the setting guards against)
+    proj = tmp_path / "proj"; (proj / "nbs").mkdir(parents=True)
+    ini = (ROOT / "settings.ini").read_text().replace("allowed_cell_metadata_keys = tags", "allowed_cell_metadata_keys =")
+    (proj / "settings.ini").write_text(ini)
+    nb2 = proj / "nbs" / "p.ipynb"; shutil.copy(FIXTURE, nb2)
+    run([BIN / "nbdev_clean", "--fname", str(nb2)], cwd=proj)
+    assert ["parameters"] not in _tags(nb2)
+
+def test_every_parameters_cell_is_guarded():
+    "Each notebook with a `parameters` cell must turn what follows it into a Config (so typos fail)."
+    for nb_path in [FIXTURE, *sorted((ROOT / "nbs").glob("*.ipynb"))]:
+        cells = json.loads(nb_path.read_text())["cells"]
+        idx = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+        if not idx: continue
+        assert len(idx) == 1, f"{nb_path.name}: more than one parameters cell"
+        later = "".join("".join(c["source"]) for c in cells[idx[0] + 1:] if c["cell_type"] == "code")
+        assert "new_names(globals(), _before)" in later, f"{nb_path.name}: parameters are not checked after the parameters cell"
+
+def _papermill(tmp_path, *params):
+    out = tmp_path / "out.ipynb"
+    args = [BIN / "papermill", str(FIXTURE), str(out), "-k", "python3"]
+    for k, v in params: args += ["-p", k, str(v)]
+    return run(args, cwd=tmp_path, check=False), out
+
+def test_papermill_parameter_reaches_notebook(tmp_path):
+    p, out = _papermill(tmp_path, ("epochs", 3), ("dataset", "ltcc"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    text = out.read_text()
+    assert "RESULT dataset=ltcc epochs=3" in text
+
+def test_papermill_misspelt_parameter_fails(tmp_path):
+    p, out = _papermill(tmp_path, ("epochz", 3))
+    assert p.returncode != 0
+    assert "did you mean 'epochs'" in p.stderr + out.read_text()
+
+def test_sync_check_detects_drift(tmp_path):
+    "The CI sync check passes on a faithful copy and fails once a generated module is hand-edited."
+    repo = tmp_path / "repo"  # a copy of the working tree (uncommitted edits included) in a fresh git repo
+    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "data", "__pycache__", "*.egg-info", ".pytest_cache"))
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    run(["git", "init", "-q"], cwd=repo, env=env); run(["git", "add", "-A"], cwd=repo, env=env)
+    run(["git", "commit", "-qm", "copy"], cwd=repo, env=env)
+    ok = run(["bash", ".ci/check_sync.sh"], cwd=repo, env=env, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    core = repo / "reid_nb" / "core.py"
+    core.write_text(core.read_text().replace("def seed_everything(", "def seed_everything_edited_by_hand("))
+    run(["git", "commit", "-qam", "hand edit"], cwd=repo, env=env)
+    bad = run(["bash", ".ci/check_sync.sh"], cwd=repo, env=env, check=False)
+    assert bad.returncode != 0 and "disagree" in bad.stdout
