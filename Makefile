@@ -22,7 +22,7 @@ $(STAMP): settings.ini setup.py
 
 # main job: the demo (see README); writes runs/demo/
 demo: install
-	$(BIN)/python -m reid_nb.demo --out runs/demo
+	$(BIN)/python -c "from reid_nb.synth import knob_report; knob_report('runs/demo', 'data')"
 
 test: test-nbs test-py
 
