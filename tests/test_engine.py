@@ -1,0 +1,102 @@
+"""Engine: a killed run resumes to the same metrics, DDP on 2 CPU processes matches one process, the train notebook runs
+under papermill and rejects bad parameters."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+import torch
+import reid_nb.baseline  # noqa: F401
+from reid_nb.engine import TrainConfig, fit, make_config
+from reid_nb.core import load_checkpoint
+from reid_nb.data import load_dataset
+from conftest import ROOT, BIN, run
+
+TINY = dict(n_train_ids=6, n_test_ids=4, images_per_cam=4)
+
+def tiny_cfg(tmp, **kw):
+    base = dict(data_root=str(tmp / "data"), out_dir=str(tmp / "runs"), epochs=4, batch_size=16, num_instances=4,
+                image_size=(64, 32), dataset_opts=TINY, progress=False, eval_every=2)
+    return make_config("baseline", "synth-prcc", **{**base, **kw})
+
+@pytest.fixture
+def data_dir(tmp_path):
+    load_dataset("synth-prcc", tmp_path / "data", **TINY)      # generate once, outside the timed subprocesses
+    return tmp_path
+
+def _train_proc(cfg_path, env=None):
+    return subprocess.Popen([str(BIN / "reid-train"), "--config", str(cfg_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+
+def test_killed_run_resumes_to_same_metrics(data_dir):
+    cfg = tiny_cfg(data_dir, epochs=6, name="killed")
+    cfg.save(data_dir / "cfg.json")
+    p = _train_proc(data_dir / "cfg.json")
+    ckpt = Path(cfg.out_dir) / "killed" / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if ckpt.is_file() and load_checkpoint(ckpt)["epoch"] >= 2: break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert p.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = load_checkpoint(ckpt)["epoch"]
+    assert 2 <= killed_at < 6
+    assert not (Path(cfg.out_dir) / "killed" / "metrics.json").exists()
+    resumed = fit(cfg.replace(resume=True))
+    straight = fit(cfg.replace(out_dir=str(data_dir / "runs_straight")))
+    for prot, m in straight["protocols"].items():
+        for k in ("mAP", "R1", "mINP"):
+            assert abs(m[k] - resumed["protocols"][prot][k]) < 1e-6, (prot, k, m[k], resumed["protocols"][prot][k])
+    log_r = (Path(cfg.out_dir) / "killed" / "log.csv").read_text().splitlines()
+    log_s = (data_dir / "runs_straight" / "killed" / "log.csv").read_text().splitlines()
+    assert len(log_r) == len(log_s) == 7
+    col = log_s[0].split(",").index("loss")
+    assert [l.split(",")[col] for l in log_r[1:]] == [l.split(",")[col] for l in log_s[1:]]
+
+def test_resume_with_another_config_is_refused(data_dir):
+    cfg = tiny_cfg(data_dir, epochs=1, name="r")
+    fit(cfg)
+    with pytest.raises(FileExistsError, match="different config"): fit(cfg.replace(epochs=2, resume=True))
+
+def test_ddp_two_cpu_processes(tmp_path):
+    "Global batch 32 = 2 ranks x (4 ids x 4 images); BN statistics and triplet mining are per rank, so metrics match loosely."
+    opts = dict(n_train_ids=12, n_test_ids=8, images_per_cam=4)
+    load_dataset("synth-prcc", tmp_path / "data", **opts)
+    data_dir = tmp_path
+    cfg = tiny_cfg(data_dir, name="ddp", epochs=5, batch_size=32, dataset_opts=opts, eval_every=0)
+    cfg.save(data_dir / "cfg.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "reid_nb.engine", "--config",
+                        str(data_dir / "cfg.json")], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    run_dir = Path(cfg.out_dir) / "ddp"
+    assert sorted(x.name for x in run_dir.iterdir()) == ["checkpoints", "config.json", "log.csv", "metrics.json", "model.pt"]
+    assert len((run_dir / "log.csv").read_text().splitlines()) == 1 + 5           # one writer: no duplicated rows
+    assert p.stdout.count("epoch=1 ") == 1                                         # only rank 0 reports
+    ddp = json.loads((run_dir / "metrics.json").read_text())
+    single = fit(cfg.replace(out_dir=str(data_dir / "single")))
+    print({p: (ddp["protocols"][p]["mAP"], single["protocols"][p]["mAP"]) for p in ddp["protocols"]})
+    for prot in ("sc", "cc"):
+        assert abs(ddp["protocols"][prot]["mAP"] - single["protocols"][prot]["mAP"]) < 0.1, (prot, ddp["protocols"][prot], single["protocols"][prot])
+    assert ddp["protocols"]["sc"]["mAP"] > 0.3                                    # it learned (chance is ~0.1 here)
+
+def _pm(tmp, *params):
+    out = tmp / "out.ipynb"
+    args = [str(BIN / "papermill"), str(ROOT / "nbs" / "train.ipynb"), str(out), "-k", "python3", "--log-output"]
+    for k, v in params: args += ["-y", json.dumps({k: v})] if isinstance(v, (dict, list)) else ["-p", k, str(v)]
+    return subprocess.run(args, cwd=tmp, capture_output=True, text=True, timeout=900), out
+
+def test_train_notebook_with_papermill(data_dir):
+    p, out = _pm(data_dir, ("name", "pm"), ("epochs", 1), ("batch_size", 16), ("image_size", [64, 32]), ("eval_every", 0),
+                 ("data_root", str(data_dir / "data")), ("out_dir", str(data_dir / "runs")), ("dataset_opts", TINY))
+    assert p.returncode == 0, p.stderr[-4000:]
+    run_dir = data_dir / "runs" / "pm"
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["epochs"] == 1 and set(m["protocols"]) == {"sc", "cc", "sc_single", "cc_single"}
+    assert (run_dir / "plots" / "curves.png").is_file()
+    assert json.loads((run_dir / "config.json").read_text())["image_size"] == [64, 32]
+
+@pytest.mark.parametrize("param,value,message", [("epoch", 1, "did you mean 'epochs'"), ("dataset", "prcc3", "choose one of"),
+                                                  ("method", "ifd2", "choose one of")])
+def test_train_notebook_rejects_bad_parameters(tmp_path, param, value, message):
+    p, out = _pm(tmp_path, (param, value), ("out_dir", str(tmp_path / "runs")))
+    assert p.returncode != 0 and message in p.stderr + out.read_text()
+    assert not (tmp_path / "runs").exists()                                      # failed before training started
