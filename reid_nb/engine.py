@@ -24,9 +24,9 @@ from .samplers import EpochBatchSampler, RandomIdentitySampler
 from .transforms import TransformConfig, build_transforms
 
 # %% auto #0
-__all__ = ['METHODS', 'TrainConfig', 'project_root', 'resolve_path', 'Stage', 'Method', 'register_method', 'build_optimizer',
-           'lr_factor', 'extract_features', 'evaluate_protocols', 'write_log', 'load_data', 'fit', 'parse_sets', 'main',
-           'make_config']
+__all__ = ['METHODS', 'METHOD_MODULES', 'TrainConfig', 'project_root', 'resolve_path', 'Stage', 'Method', 'load_methods',
+           'register_method', 'build_optimizer', 'lr_factor', 'extract_features', 'evaluate_protocols', 'write_log',
+           'load_data', 'fit', 'parse_sets', 'main', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -113,6 +113,13 @@ class Method:
     def on_epoch_start(self, model: nn.Module, stage: Stage, epoch: int) -> None: pass
 
 METHODS: dict[str, type] = {}
+METHOD_MODULES = ("reid_nb.baseline", "reid_nb.ifd")   # imported on first use, so `METHODS` is complete
+
+def load_methods() -> dict[str, type]:
+    "Import every method module (they register themselves) and return the registry."
+    import importlib
+    for m in METHOD_MODULES: importlib.import_module(m)
+    return METHODS
 
 def register_method(name: str):
     "Class decorator: make a `Method` subclass available as `TrainConfig.method = name`."
@@ -225,6 +232,7 @@ def load_data(cfg: TrainConfig, method_cls: type) -> ReIDData:
 
 def fit(cfg: TrainConfig) -> dict:
     "Train `cfg.method` on `cfg.dataset`, evaluate every protocol, write runs/<name>/; returns the final metrics."
+    load_methods()
     if cfg.method not in METHODS: raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
     rank, world, device = _dist_setup(cfg)
     seed_everything(cfg.seed, cfg.deterministic)
@@ -334,7 +342,6 @@ def parse_sets(pairs: list[str]) -> dict:
 
 def main(argv=None) -> None:
     "Console script `reid-train`."
-    import reid_nb.baseline  # noqa: F401  (registers the methods)
     from reid_nb import engine  # the imported module, not `__main__` under `python -m`: it holds the registry
     ap = argparse.ArgumentParser(prog="reid-train", description="Train and evaluate a Re-ID method (fit(TrainConfig)).")
     ap.add_argument("--config", help="a JSON file of TrainConfig keys")
@@ -351,6 +358,7 @@ if __name__ == "__main__": main()
 # %% ../nbs/08_engine.ipynb #25
 def make_config(method: str = "baseline", dataset: str = "synth-prcc", preset: str = "demo", **overrides) -> TrainConfig:
     "A TrainConfig for `method` on `dataset` from a named preset plus explicit overrides."
+    load_methods()
     if method not in METHODS: raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     if dataset not in DATASETS: raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
     presets = {"demo": lambda ds: {}, **METHODS[method].presets}

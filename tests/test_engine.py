@@ -100,3 +100,18 @@ def test_train_notebook_rejects_bad_parameters(tmp_path, param, value, message):
     p, out = _pm(tmp_path, (param, value), ("out_dir", str(tmp_path / "runs")))
     assert p.returncode != 0 and message in p.stderr + out.read_text()
     assert not (tmp_path / "runs").exists()                                      # failed before training started
+
+def test_bf16_autocast_and_grad_clip_on_cpu(data_dir):
+    m = fit(tiny_cfg(data_dir, name="bf16", epochs=1, amp="bf16", grad_clip=1.0, eval_every=0))
+    assert all(0 <= v["mAP"] <= 1 for v in m["protocols"].values())
+    with pytest.raises(ValueError, match="needs a CUDA device"): fit(tiny_cfg(data_dir, name="fp16", epochs=1, amp="fp16", device="cpu"))
+
+def test_saved_model_reloads_identically(data_dir):
+    from reid_nb.backbones import ReIDNet
+    fit(tiny_cfg(data_dir, name="save", epochs=1, eval_every=0))
+    sd = load_checkpoint(Path(data_dir) / "runs" / "save" / "model.pt")
+    a, b = ReIDNet("resnet18", 6).eval(), ReIDNet("resnet18", 6).eval()
+    a.load_state_dict(sd); b.load_state_dict(sd)
+    x = torch.randn(3, 3, 64, 32)
+    with torch.no_grad(): assert torch.equal(a(x), b(x))
+    assert not torch.equal(a(x), ReIDNet("resnet18", 6).eval()(x))
