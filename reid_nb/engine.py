@@ -235,6 +235,7 @@ def fit(cfg: TrainConfig) -> dict:
     load_methods()
     if cfg.method not in METHODS: raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
     rank, world, device = _dist_setup(cfg)
+    _autocast(cfg, device)                                              # fails now on an AMP mode the device cannot run
     seed_everything(cfg.seed, cfg.deterministic)
     method_cls = METHODS[cfg.method]
     if rank == 0: data = load_data(cfg, method_cls)                   # rank 0 first: synthetic data may be generated
