@@ -330,7 +330,7 @@ def fit(cfg: TrainConfig) -> dict:
     if world > 1: dist.destroy_process_group()
     return metrics
 
-# %% ../nbs/08_engine.ipynb #22
+# %% ../nbs/08_engine.ipynb #23
 def parse_sets(pairs: list[str]) -> dict:
     "['epochs=3', 'image_size=[64,32]'] -> {'epochs': 3, 'image_size': [64, 32]} (values parsed as JSON when they are)."
     out = {}
@@ -352,11 +352,11 @@ def main(argv=None) -> None:
     cfg = engine.TrainConfig.from_dict({**d, **parse_sets(a.set)}, source=a.config or "command line")
     engine.fit(cfg)
 
-# %% ../nbs/08_engine.ipynb #23
+# %% ../nbs/08_engine.ipynb #24
 #| eval: false
 if __name__ == "__main__": main()
 
-# %% ../nbs/08_engine.ipynb #25
+# %% ../nbs/08_engine.ipynb #26
 def make_config(method: str = "baseline", dataset: str = "synth-prcc", preset: str = "demo", **overrides) -> TrainConfig:
     "A TrainConfig for `method` on `dataset` from a named preset plus explicit overrides."
     load_methods()
