@@ -21,10 +21,12 @@ $(STAMP): settings.ini setup.py
 	touch $(STAMP)
 
 # main job: trains the baseline on the built-in synthetic clothes-changing data (CPU) through nbs/train.ipynb;
-# writes runs/demo/ (train.ipynb executed, config.json, metrics.json, log.csv, checkpoints, plots)
+# writes runs/demo/ (train.ipynb executed, config.json, metrics.json, log.csv, checkpoints, plots), then the report of
+# every run under runs/ (runs/report/: tables.md, tables.tex, plots)
 demo: install
 	mkdir -p runs/demo
 	$(BIN)/papermill nbs/train.ipynb runs/demo/train.ipynb -k python3 --log-output
+	$(BIN)/papermill nbs/report.ipynb runs/report.ipynb -k python3 -p runs_dir runs -p out runs/report
 
 test: test-nbs test-py
 

@@ -169,18 +169,47 @@ def extract_features(method: Method, model: nn.Module, samples: list, transform,
 
 def _ids(samples): return [np.array([getattr(s, k) for s in samples]) for k in ("pid", "camid", "clothes")]
 
-def evaluate_protocols(method: Method, model: nn.Module, data: ReIDData, transform, cfg: TrainConfig, device) -> dict:
-    "{protocol: metrics dict} for every protocol of `data`."
-    cache, res = {}, {}
+def evaluate_protocols(method: Method, model: nn.Module, data: ReIDData, transform, cfg: TrainConfig, device,
+                       artifacts: Path | None = None, n_rank_lists: int = 16, n_embed: int = 2000) -> dict:
+    "{protocol: metrics dict (with the CMC curve)} for every protocol of `data`; with `artifacts`, also what the report draws."
+    cache, res, ranks = {}, {}, {}
     def feats(lst):
         if id(lst) not in cache: cache[id(lst)] = extract_features(method, model, lst, transform, cfg, device)
         return cache[id(lst)]
     for name, p in data.protocols.items():
         (qp, qc, qcl), (gp, gc, gcl) = _ids(p.query), _ids(p.gallery)
         args = (feats(p.query), feats(p.gallery), qp, gp, qc, gc, qcl, gcl)
-        if p.single_shot_trials: res[name] = evaluate_single_shot(*args, mode=p.mode, trials=p.single_shot_trials, seed=cfg.seed).to_dict()
-        else: res[name] = evaluate(*args, mode=p.mode).to_dict()
+        if p.single_shot_trials:
+            res[name] = evaluate_single_shot(*args, mode=p.mode, trials=p.single_shot_trials, seed=cfg.seed).to_dict()
+            continue
+        m = evaluate(*args, mode=p.mode)
+        res[name] = {**m.to_dict(), "cmc": [round(float(x), 6) for x in m.cmc]}
+        if artifacts is not None: ranks[name] = _rank_lists(p, feats(p.query), feats(p.gallery), n_rank_lists)
+    if artifacts is not None and data.protocols:
+        artifacts.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(artifacts / "rank_lists.json", ranks)
+        first = next(iter(data.protocols.values()))
+        g = torch.Generator().manual_seed(cfg.seed)
+        idx = torch.randperm(len(first.gallery), generator=g)[:n_embed].sort().values
+        atomic_torch_save({"features": torch.nn.functional.normalize(feats(first.gallery)[idx], dim=1),
+                           **{k: torch.as_tensor(v[idx.numpy()]) for k, v in zip(("pid", "camid", "clothes"), _ids(first.gallery))}},
+                          artifacts / "embedding_sample.pt")
     return res
+
+def _rank_lists(p, qf, gf, n: int, top: int = 10) -> list[dict]:
+    "The first `n` queries' top-`top` gallery items after removing junk (same id and camera / the protocol's rule)."
+    from reid_nb.metrics import pairwise_distance, _junk
+    q = torch.nn.functional.normalize(qf[:n], dim=1); gn = torch.nn.functional.normalize(gf, dim=1)
+    D = pairwise_distance(q, gn)
+    (qp, qc, qcl), (gp, gc, gcl) = _ids(p.query[:n]), _ids(p.gallery)
+    out = []
+    for i in range(len(q)):
+        same = torch.as_tensor(gp == qp[i])
+        junk = same & _junk(p.mode, torch.as_tensor(qc[i]), torch.as_tensor(gc), torch.as_tensor(qcl[i]), torch.as_tensor(gcl))
+        order = [int(j) for j in torch.argsort(D[i].masked_fill(junk, float("inf")), stable=True)[:top] if not junk[j]]
+        out.append({"query": p.query[i].path, "pid": int(qp[i]),
+                    "gallery": [{"path": p.gallery[j].path, "pid": int(gp[j]), "match": bool(gp[j] == qp[i])} for j in order]})
+    return out
 
 # %% ../nbs/08_engine.ipynb #15
 def _rng_state() -> dict:
@@ -320,7 +349,8 @@ def fit(cfg: TrainConfig) -> dict:
     metrics = {}
     if rank == 0:
         metrics = {"dataset": cfg.dataset, "method": cfg.method, "backbone": cfg.backbone, "epochs": total,
-                   "synthetic": cfg.dataset.startswith("synth"), "protocols": evaluate_protocols(method, model, data, test_tf, cfg, device)}
+                   "synthetic": cfg.dataset.startswith("synth"), "method_opts": cfg.method_opts,
+                   "protocols": evaluate_protocols(method, model, data, test_tf, cfg, device, artifacts=rd.path / "eval")}
         rd.write_metrics(metrics)
         atomic_torch_save(model.state_dict(), rd.path / "model.pt")
         if log:

@@ -68,7 +68,7 @@ def test_ddp_two_cpu_processes(tmp_path):
                         str(data_dir / "cfg.json")], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     run_dir = Path(cfg.out_dir) / "ddp"
-    assert sorted(x.name for x in run_dir.iterdir()) == ["checkpoints", "config.json", "log.csv", "metrics.json", "model.pt"]
+    assert sorted(x.name for x in run_dir.iterdir()) == ["checkpoints", "config.json", "eval", "log.csv", "metrics.json", "model.pt"]
     assert len((run_dir / "log.csv").read_text().splitlines()) == 1 + 5           # one writer: no duplicated rows
     assert p.stdout.count("epoch=1 ") == 1                                         # only rank 0 reports
     ddp = json.loads((run_dir / "metrics.json").read_text())
