@@ -188,12 +188,14 @@ def evaluate_protocols(method: Method, model: nn.Module, data: ReIDData, transfo
     if artifacts is not None and data.protocols:
         artifacts.mkdir(parents=True, exist_ok=True)
         atomic_write_json(artifacts / "rank_lists.json", ranks)
-        first = next(iter(data.protocols.values()))
+        # a sample of every evaluated image (queries and galleries of all protocols), so outfits and cameras vary
+        lists = list({id(l): l for p in data.protocols.values() for l in (p.query, p.gallery)}.values())
+        allf = torch.cat([feats(l) for l in lists]); alls = [s for l in lists for s in l]
         g = torch.Generator().manual_seed(cfg.seed)
-        idx = torch.randperm(len(first.gallery), generator=g)[:n_embed].sort().values
-        atomic_torch_save({"features": torch.nn.functional.normalize(feats(first.gallery)[idx], dim=1),
-                           **{k: torch.as_tensor(v[idx.numpy()]) for k, v in zip(("pid", "camid", "clothes"), _ids(first.gallery))}},
-                          artifacts / "embedding_sample.pt")
+        idx = torch.randperm(len(alls), generator=g)[:n_embed].sort().values
+        ids = _ids([alls[i] for i in idx.tolist()])
+        atomic_torch_save({"features": torch.nn.functional.normalize(allf[idx], dim=1),
+                           **{k: torch.as_tensor(v) for k, v in zip(("pid", "camid", "clothes"), ids)}}, artifacts / "embedding_sample.pt")
     return res
 
 def _rank_lists(p, qf, gf, n: int, top: int = 10) -> list[dict]:
