@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['PromptLearner', 'CameraMemory', 'icdl_loss', 'associate', 'association_precision', 'ical_target',
-           'ical_adversarial_loss']
+__all__ = ['VARIANT_SWITCHES', 'PromptLearner', 'CameraMemory', 'icdl_loss', 'associate', 'association_precision', 'ical_target',
+           'ical_adversarial_loss', 'CCAFLNet', 'CCAFLOpts', 'ccafl_paper_preset', 'CCAFL']
 
 # %% ../nbs/13_ccafl.ipynb #5
 class PromptLearner(nn.Module):
@@ -129,3 +129,249 @@ def ical_adversarial_loss(cos: torch.Tensor, own: torch.Tensor, pos_mask: torch.
     neg = (~pos_mask).float()
     log_prob = x - torch.log((x.exp() * neg).sum(1, keepdim=True) + x.exp())
     return -(ical_target(own, pos_mask, eps) * log_prob).sum(1).mean()
+
+# %% ../nbs/13_ccafl.ipynb #18
+from dataclasses import dataclass
+from .core import Config
+from .backbones import GeM, build_clip
+from .data import intra_camera_labels
+from .engine import Method, Stage, TrainConfig, register_method, extract_features
+from .losses import triplet_loss, label_smoothed_ce
+from .samplers import CameraAwareSampler
+
+class CCAFLNet(nn.Module):
+    "CLIP image tower + GeM/BN retrieval head + prompts + the ICAL classifier."
+    def __init__(self, clip_name: str, weights: str | None, image_size, n_cls: int, n_ctx: int = 4):
+        super().__init__()
+        self.clip = build_clip(clip_name, weights, tuple(image_size))
+        v = self.clip.visual
+        if not hasattr(v, "attnpool"): raise NotImplementedError("CCAFL is implemented for the ResNet CLIP towers (RN50, reid-tiny-rn)")
+        dim = v.layer4[-1].conv3.out_channels
+        self.gem, self.bn = GeM(), nn.BatchNorm1d(dim)
+        self.bn.bias.requires_grad_(False)
+        self.prompts = PromptLearner(self.clip, n_cls, n_ctx)
+        self.ical = nn.Parameter(torch.randn(n_cls, dim) * 0.01)
+        self.id_head = nn.Linear(dim, n_cls, bias=False)           # the ICS baseline's per-camera classifier
+        self.register_buffer("class_text", torch.zeros(n_cls, self.clip.text_projection.shape[-1]))
+        self.register_buffer("prompts_done", torch.tensor(False))
+
+    def visual_params(self): return [*self.clip.visual.parameters(), *self.gem.parameters(), *self.bn.parameters()]
+
+    def forward(self, img: torch.Tensor) -> dict:
+        v = self.clip.visual
+        fmap = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(img)))))   # (B, C, H/16, W/16)
+        feat = self.gem(fmap)
+        out = {"feat": feat, "bn": self.bn(feat)}
+        if self.training: out["proj"] = v.attnpool(fmap)             # (B, embed_dim) for the image-text losses
+        return out
+
+# %% ../nbs/13_ccafl.ipynb #20
+@dataclass
+class CCAFLOpts(Config):
+    variant: str = "ccafl"            # ccafl | ics_baseline | no_icdl | no_ical | no_text | ical_only
+    n_ctx: int = 4
+    prompt_epochs: int = 60
+    prompt_batch: int = 64
+    prompt_lr: float = 3.5e-4
+    icdl_epochs: int = 5
+    temp: float = 0.05
+    momentum: float = 0.1
+    slots: int = 32
+    icdl_w: float = 0.6               # 0 for MSMT17
+    triplet_margin: float = 0.3
+    assoc_rate: float = 1.7           # 1.5 Duke, 1.3 MSMT17
+    cluster_text_start: int = 10      # 40 for Duke, MSMT17
+    ical_start: int = 40
+    ical_end: int = 50                # 60 for Duke, MSMT17
+    ical_scale: float = 16.0
+    ical_eps: float = 0.8
+    ical_margin: float = 0.7          # 0.3 Duke, 0.5 MSMT17
+    ical_tau: float = 0.2
+
+VARIANT_SWITCHES = {  # (ICDL, ICAL, text terms, inter-camera stage)
+    "ccafl": (True, True, True, True), "no_icdl": (False, True, True, True), "no_ical": (True, False, True, True),
+    "no_text": (True, True, False, True), "ical_only": (False, True, False, True), "ics_baseline": (False, False, False, False)}
+
+def ccafl_paper_preset(dataset: str) -> dict:
+    "The authors' settings per dataset (DESIGN.md §5); step milestones 40/50 of the paper count from stage 3's start here."
+    per = {"market1501": dict(assoc_rate=1.7, cluster_text_start=10, ical_end=50, ical_margin=0.7, icdl_w=0.6),
+           "dukemtmc": dict(assoc_rate=1.5, cluster_text_start=40, ical_end=60, ical_margin=0.3, icdl_w=0.6),
+           "msmt17": dict(assoc_rate=1.3, cluster_text_start=40, ical_end=60, ical_margin=0.5, icdl_w=0.0)}
+    return dict(backbone="RN50", weights="openai", image_size=(256, 128), batch_size=256 if dataset == "msmt17" else 128,
+                num_instances=8, lr=3.5e-4, weight_decay=5e-4, epochs=80, warmup_epochs=10, milestones=(35, 45), eval_every=10,
+                method_opts=per.get(dataset, per["market1501"]))
+
+@register_method("ccafl")
+class CCAFL(Method):
+    "CLIP-based Camera-Agnostic Feature Learning for intra-camera supervised Re-ID."
+    find_unused_parameters = True
+    presets = {"paper": ccafl_paper_preset}
+
+    def __init__(self, cfg: TrainConfig, data):
+        super().__init__(cfg, data)
+        self.opts = CCAFLOpts.from_dict(cfg.method_opts, source="method_opts")
+        if self.opts.variant not in VARIANT_SWITCHES: raise ValueError(f"CCAFL variant {self.opts.variant!r} is not one of {list(VARIANT_SWITCHES)}")
+        self.use_icdl, self.use_ical, self.use_text, self.inter = VARIANT_SWITCHES[self.opts.variant]
+        self.ics = intra_camera_labels(data.train)
+        self.num_classes = self.ics.num_classes
+        self.cls_cam = torch.as_tensor(self.ics.cls_cam)
+        self.offset = {int(c): int(np.flatnonzero(self.ics.cls_cam == c)[0]) for c in np.unique(self.ics.cls_cam)}
+        self.class_true = np.array([np.bincount(self.ics.true_pid[self.ics.cls == k]).argmax() for k in range(self.num_classes)])
+        self.pseudo, self._log = None, {}
+
+    def build_model(self): return CCAFLNet(self.cfg.backbone, self.cfg.weights, self.cfg.image_size, self.num_classes, self.opts.n_ctx)
+    def train_labels(self): return self.ics.cls.tolist()
+    def sampler(self, batch_size: int, **kw):
+        return CameraAwareSampler(self.ics.cls, self.ics.cam, batch_size, self.cfg.num_instances, seed=self.cfg.seed, **kw)
+    def stages(self):
+        if not self.inter: return [Stage("ics", self.cfg.epochs)]
+        e = self.opts.icdl_epochs
+        if not 0 < e < self.cfg.epochs: raise ValueError(f"icdl_epochs={e} must be between 1 and epochs-1")
+        return [Stage("icdl", e), Stage("inter", self.cfg.epochs - e)]
+    def parameters(self, model, stage):
+        m = getattr(model, "module", model)
+        return [*m.visual_params(), m.ical, m.id_head.weight]
+    def features(self, model, batch): return model(batch["img"])["bn"]
+    def epoch_log(self): return dict(self._log)
+
+    # --- per-epoch state -------------------------------------------------------------------------------------------
+    def _train_feats(self, m) -> torch.Tensor:
+        from reid_nb.transforms import TransformConfig, build_transforms
+        _, tf = build_transforms(TransformConfig(size=tuple(self.cfg.image_size), norm="clip"))
+        dev = next(m.parameters()).device
+        return F.normalize(extract_features(self, m, self.data.train, tf, self.cfg.replace(flip_test=False), dev), dim=1)
+
+    def _learn_prompts(self, m):
+        "Stage 1: encoders frozen, image features cached once, per-camera SupCon image->text and text->image."
+        from reid_nb.transforms import TransformConfig, build_transforms
+        _, tf = build_transforms(TransformConfig(size=tuple(self.cfg.image_size), norm="clip"))
+        dev = next(m.parameters()).device
+        class _Proj(Method):
+            def features(s, model, batch):
+                v = model.clip.visual
+                return v.attnpool(v.layer4(v.layer3(v.layer2(v.layer1(v.stem(batch["img"]))))))
+        img = F.normalize(extract_features(_Proj(self.cfg, self.data), m, self.data.train, tf, self.cfg.replace(flip_test=False), dev), dim=1).to(dev)
+        y, cams = torch.as_tensor(self.ics.cls, device=dev), torch.as_tensor(self.ics.cam, device=dev)
+        opt = torch.optim.Adam([m.prompts.ctx], lr=self.opts.prompt_lr, weight_decay=1e-4)
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        scale = m.clip.logit_scale.exp().detach()
+        for ep in range(self.opts.prompt_epochs):
+            for lr_g in opt.param_groups: lr_g["lr"] = self.opts.prompt_lr * min(1.0, (ep + 1) / 5) * 0.5 * (1 + np.cos(np.pi * ep / self.opts.prompt_epochs))
+            perm = torch.randperm(len(img), generator=g).to(dev)
+            for s in range(0, len(perm), self.opts.prompt_batch):
+                b = perm[s:s + self.opts.prompt_batch]
+                t = F.normalize(m.prompts(y[b]), dim=1)
+                logits = scale * img[b] @ t.T
+                same = (y[b][:, None] == y[b][None]).float()
+                cam_ok = cams[b][:, None] == cams[b][None]            # contrast only within a camera
+                logits = logits.masked_fill(~cam_ok, float("-inf"))
+                l_i2t = -(same * F.log_softmax(logits, 1)).sum(1) / same.sum(1)
+                l_t2i = -(same * F.log_softmax(logits.T, 1)).sum(1) / same.sum(1)
+                loss = (l_i2t + l_t2i).mean()
+                opt.zero_grad(); loss.backward(); opt.step()
+        with torch.no_grad():
+            m.class_text.copy_(torch.cat([m.prompts(torch.arange(s, min(s + 256, self.num_classes), device=dev)) for s in range(0, self.num_classes, 256)]))
+        m.prompts_done.fill_(True)
+
+    def on_epoch_start(self, model, stage, epoch):
+        m = getattr(model, "module", model)
+        o, self._log, self._pending = self.opts, {}, []
+        if stage.name == "ics": return
+        if self.use_text and not bool(m.prompts_done): self._learn_prompts(m)
+        if stage.name == "icdl":                                   # memories rebuilt each epoch (and after a resume)
+            f = self._train_feats(m).cpu()
+            self.mems = {}
+            for c, off in self.offset.items():
+                idx = np.flatnonzero(self.ics.cam == c)
+                n_c = int((self.ics.cls_cam == c).sum())
+                self.mems[c] = CameraMemory(f[idx], torch.as_tensor(self.ics.cls[idx] - off), n_c, o.slots, o.momentum, o.temp).to(next(m.parameters()).device)
+        if stage.name == "inter":
+            f = self._train_feats(m).cpu()
+            cls = torch.as_tensor(self.ics.cls)
+            cf = torch.zeros(self.num_classes, f.shape[1]).index_add_(0, cls, f)
+            pseudo, links = associate(cf, self.cls_cam, o.assoc_rate)
+            self.pseudo = torch.as_tensor(pseudo)
+            self._log = {"assoc_precision": association_precision(links, self.class_true), "assoc_links": len(links),
+                         "pseudo_ids": int(self.pseudo.max()) + 1 if len(links) else 0}
+            dev = next(m.parameters()).device
+            k = int(self.pseudo.max()) + 1
+            ps = self.pseudo[cls]
+            ok = ps >= 0
+            self.cluster_mem = F.normalize(torch.zeros(max(k, 1), f.shape[1]).index_add_(0, ps[ok], f[ok]), dim=1).to(dev)
+            ct = torch.zeros(max(k, 1), m.class_text.shape[1], device=dev)
+            okc = self.pseudo >= 0
+            ct.index_add_(0, self.pseudo[okc].to(dev), F.normalize(m.class_text[okc.to(dev)], dim=1))
+            self.cluster_text = F.normalize(ct, dim=1)
+            self.pseudo = self.pseudo.to(dev)
+
+    @torch.no_grad()
+    def _hard_update(self, fn, pk):
+        "Each cluster in the batch moves towards its least similar sample (momentum in the cluster-contrast convention)."
+        sims = (fn * self.cluster_mem[pk]).sum(1)
+        for k in pk.unique():
+            j = torch.nonzero(pk == k).flatten()
+            h = fn[j[sims[j].argmin()]]
+            self.cluster_mem[k] = F.normalize(self.opts.momentum * self.cluster_mem[k] + (1 - self.opts.momentum) * h, dim=0)
+
+    # --- losses ----------------------------------------------------------------------------------------------------
+    def _per_camera_ce(self, m, bn, y):
+        "The ICS baseline's loss: ID loss over the classes of the sample's own camera only."
+        logits = m.id_head(bn)
+        same_cam = self.cls_cam.to(y.device)[None] == self.cls_cam.to(y.device)[y][:, None]
+        return F.cross_entropy(logits.masked_fill(~same_cam, float("-inf")), y)
+
+    def _apply_pending(self):
+        "Memory writes of the previous step, applied now: the memories were part of that step's graph until its backward."
+        for fn in getattr(self, "_pending", []): fn()
+        self._pending = []
+
+    def loss(self, model, batch, stage, epoch) -> dict:
+        m, o = getattr(model, "module", model), self.opts
+        self._apply_pending()
+        y = batch["pid"]                                            # intra-camera classes: no true identity in here
+        out = model(batch["img"])
+        bn, dev = out["bn"], y.device
+        cam_of = self.cls_cam.to(dev)[y]
+        L = {}
+        # the ICAL classifier learns the intra-camera classes on detached features, every iteration
+        W = F.normalize(m.ical, dim=1)
+        L["ical_cls"] = F.cross_entropy(o.ical_scale * F.normalize(bn.detach(), dim=1) @ W.T, y)
+        if stage.name == "ics" or (stage.name == "icdl" and not self.use_icdl):
+            L["id"] = self._per_camera_ce(m, bn, y)
+            L["triplet"] = triplet_loss(bn, y, o.triplet_margin)
+        elif stage.name == "icdl":
+            l = 0.0
+            for c, mem in self.mems.items():
+                sel = cam_of == c
+                if sel.any(): l = l + sel.float().mean() * icdl_loss(mem, bn[sel], y[sel] - self.offset[c], o.icdl_w)
+            L["icdl"] = l
+            L["triplet"] = triplet_loss(bn, y, o.triplet_margin)
+            if self.use_text:
+                t = F.normalize(m.class_text, dim=1)
+                logits = m.clip.logit_scale.exp().detach() * F.normalize(out["proj"], dim=1) @ t.T
+                same_cam = self.cls_cam.to(dev)[None] == cam_of[:, None]
+                L["i2t"] = F.cross_entropy(logits.masked_fill(~same_cam, float("-inf")), y)
+            fd, yd = bn.detach(), y.detach()
+            for c, mem in self.mems.items():
+                sel = cam_of == c
+                if sel.any(): self._pending.append(lambda mem=mem, f=fd[sel], l=yd[sel] - self.offset[c]: mem.update(f, l))
+        else:  # inter-camera stage
+            ps = self.pseudo[y]
+            ok = ps >= 0
+            if ok.any():
+                fn = F.normalize(bn[ok], dim=1)
+                L["cluster"] = F.cross_entropy(fn @ self.cluster_mem.T / o.temp, ps[ok])
+                L["triplet"] = triplet_loss(bn[ok], ps[ok], o.triplet_margin)
+                if self.use_text and epoch >= o.cluster_text_start:
+                    logits = m.clip.logit_scale.exp().detach() * F.normalize(out["proj"][ok], dim=1) @ self.cluster_text.T
+                    L["i2ct"] = F.cross_entropy(logits, ps[ok])
+                self._pending.append(lambda fn=fn.detach(), pk=ps[ok]: self._hard_update(fn, pk))
+            if self.use_ical and o.ical_start <= epoch < o.ical_end:
+                cos = F.normalize(bn, dim=1) @ W.detach().T
+                pos = (self.pseudo[None] == ps[:, None]) & (ps[:, None] >= 0)
+                pos = pos | F.one_hot(y, self.num_classes).bool()
+                same_cam = self.cls_cam.to(dev)[None] == cam_of[:, None]
+                L["ical_adv"] = ical_adversarial_loss(cos, y, pos, same_cam, o.ical_scale, o.ical_margin, o.ical_tau, o.ical_eps)
+        L = {k: v if torch.is_tensor(v) else torch.as_tensor(v, device=dev) for k, v in L.items()}
+        L["loss"] = sum(L.values())
+        return L

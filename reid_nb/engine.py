@@ -111,9 +111,10 @@ class Method:
     def loss(self, model: nn.Module, batch: dict, stage: Stage, epoch: int) -> dict: raise NotImplementedError
     def features(self, model: nn.Module, batch: dict) -> torch.Tensor: return model(batch["img"])
     def on_epoch_start(self, model: nn.Module, stage: Stage, epoch: int) -> None: pass
+    def epoch_log(self) -> dict: return {}             # extra columns for this epoch's log.csv row (e.g. association precision)
 
 METHODS: dict[str, type] = {}
-METHOD_MODULES = ("reid_nb.baseline", "reid_nb.ifd")   # imported on first use, so `METHODS` is complete
+METHOD_MODULES = ("reid_nb.baseline", "reid_nb.ifd", "reid_nb.ccafl")   # imported on first use, so `METHODS` is complete
 
 def load_methods() -> dict[str, type]:
     "Import every method module (they register themselves) and return the registry."
@@ -333,7 +334,7 @@ def fit(cfg: TrainConfig) -> dict:
             bar.close()
             dt = time.perf_counter() - t0
             row = {"epoch": epoch + 1, "stage": stage.name, "lr": opt.param_groups[0]["lr"],
-                   **{k: v / max(it, 1) for k, v in sums.items()}, "images_per_s": n_img / dt, "seconds": dt}
+                   **{k: v / max(it, 1) for k, v in sums.items()}, **method.epoch_log(), "images_per_s": n_img / dt, "seconds": dt}
             epoch += 1
             if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch < total:
                 if rank == 0:

@@ -90,10 +90,13 @@ def plot_embedding(run: Run, max_ids: int = 20):
     fig.suptitle(run.name); fig.tight_layout()
     return fig
 
-def camera_probe_accuracy(run: Run, epochs: int = 200, seed: int = 0) -> float:
-    "Held-out accuracy of a linear camera classifier on the run's feature sample."
+def camera_probe_accuracy(run: Run, dims: int | None = 4, epochs: int = 200, seed: int = 0) -> float:
+    "Held-out accuracy of a linear camera classifier on the run's feature sample, on its top `dims` principal components."
     s = _embedding_sample(run)
     x, y = s["features"].float(), s["camid"].long()
+    if dims is not None:
+        x = x - x.mean(0)
+        x = x @ torch.linalg.svd(x, full_matrices=False).Vh[:dims].T
     cams, y = torch.unique(y, return_inverse=True)
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(x), generator=g); tr, te = perm[: len(x) // 2], perm[len(x) // 2:]
