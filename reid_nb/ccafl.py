@@ -145,8 +145,8 @@ class CCAFLNet(nn.Module):
         super().__init__()
         self.clip = build_clip(clip_name, weights, tuple(image_size))
         v = self.clip.visual
-        if not hasattr(v, "attnpool"): raise NotImplementedError("CCAFL is implemented for the ResNet CLIP towers (RN50, reid-tiny-rn)")
-        dim = v.layer4[-1].conv3.out_channels
+        self.is_rn = hasattr(v, "attnpool")
+        dim = v.layer4[-1].conv3.out_channels if self.is_rn else v.conv1.out_channels
         self.gem, self.bn = GeM(), nn.BatchNorm1d(dim)
         self.bn.bias.requires_grad_(False)
         self.prompts = PromptLearner(self.clip, n_cls, n_ctx)
@@ -157,12 +157,20 @@ class CCAFLNet(nn.Module):
 
     def visual_params(self): return [*self.clip.visual.parameters(), *self.gem.parameters(), *self.bn.parameters()]
 
-    def forward(self, img: torch.Tensor) -> dict:
+    def encode(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "(retrieval feature before BN, projected feature for the image-text losses)."
         v = self.clip.visual
-        fmap = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(img)))))   # (B, C, H/16, W/16)
-        feat = self.gem(fmap)
+        if self.is_rn:
+            fmap = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(img)))))   # (B, C, H/16, W/16)
+            return self.gem(fmap), v.attnpool(fmap)
+        x = v.transformer(v._embeds(img))                              # ViT: the class token before / after projection
+        pooled, _ = v._pool(x)                                         # (CLIP-ReID's choice)
+        return pooled, pooled @ v.proj
+
+    def forward(self, img: torch.Tensor) -> dict:
+        feat, proj = self.encode(img)
         out = {"feat": feat, "bn": self.bn(feat)}
-        if self.training: out["proj"] = v.attnpool(fmap)             # (B, embed_dim) for the image-text losses
+        if self.training: out["proj"] = proj
         return out
 
 # %% ../nbs/13_ccafl.ipynb #20
@@ -247,9 +255,7 @@ class CCAFL(Method):
         _, tf = build_transforms(TransformConfig(size=tuple(self.cfg.image_size), norm="clip"))
         dev = next(m.parameters()).device
         class _Proj(Method):
-            def features(s, model, batch):
-                v = model.clip.visual
-                return v.attnpool(v.layer4(v.layer3(v.layer2(v.layer1(v.stem(batch["img"]))))))
+            def features(s, model, batch): return model.encode(batch["img"])[1]
         img = F.normalize(extract_features(_Proj(self.cfg, self.data), m, self.data.train, tf, self.cfg.replace(flip_test=False), dev), dim=1).to(dev)
         y, cams = torch.as_tensor(self.ics.cls, device=dev), torch.as_tensor(self.ics.cam, device=dev)
         opt = torch.optim.Adam([m.prompts.ctx], lr=self.opts.prompt_lr, weight_decay=1e-4)
@@ -304,6 +310,18 @@ class CCAFL(Method):
             self.cluster_text = F.normalize(ct, dim=1)
             self.pseudo = self.pseudo.to(dev)
 
+    def _centroid_triplet(self, bn, y, cam_of):
+        "Batch-hard triplet against the camera's centroids: own centroid as positive, the closest other one as negative."
+        l, n = 0.0, 0
+        for c, mem in self.mems.items():
+            sel = cam_of == c
+            if not sel.any() or len(mem.centroids) < 2: continue
+            d = (2 - 2 * F.normalize(bn[sel], dim=1) @ mem.centroids.T).clamp(min=1e-12).sqrt()    # (b, n_c)
+            own = F.one_hot(y[sel] - self.offset[c], len(mem.centroids)).bool()
+            d_ap, d_an = d[own], d.masked_fill(own, float("inf")).amin(1)
+            l = l + F.relu(d_ap - d_an + self.opts.triplet_margin).sum(); n += int(sel.sum())
+        return l / max(n, 1)
+
     @torch.no_grad()
     def _hard_update(self, fn, pk):
         "Each cluster in the batch moves towards its least similar sample (momentum in the cluster-contrast convention)."
@@ -346,6 +364,7 @@ class CCAFL(Method):
                 if sel.any(): l = l + sel.float().mean() * icdl_loss(mem, bn[sel], y[sel] - self.offset[c], o.icdl_w)
             L["icdl"] = l
             L["triplet"] = triplet_loss(bn, y, o.triplet_margin)
+            L["centroid_triplet"] = self._centroid_triplet(bn, y, cam_of)
             if self.use_text:
                 t = F.normalize(m.class_text, dim=1)
                 logits = m.clip.logit_scale.exp().detach() * F.normalize(out["proj"], dim=1) @ t.T
