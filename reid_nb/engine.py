@@ -41,7 +41,7 @@ class TrainConfig(Config):
     backbone: str = "resnet18"
     weights: str | None = None               # None | "imagenet" | "openai" | path of a local file
     image_size: tuple[int, int] = (128, 64)
-    epochs: int = 4
+    epochs: int = 10
     batch_size: int = 32                     # global: split over DDP ranks
     num_instances: int = 4                   # K images per identity in a batch
     optimizer: str = "adam"                  # adam | adamw | sgd
@@ -54,7 +54,7 @@ class TrainConfig(Config):
     warmup_factor: float = 0.01
     amp: str = "off"                         # off | bf16 | fp16 (fp16 on CUDA only)
     grad_clip: float = 0.0                   # max gradient norm, 0 = off
-    eval_every: int = 0                      # evaluate every N epochs (0: only at the end)
+    eval_every: int = 2                      # evaluate every N epochs (0: only at the end)
     eval_batch_size: int = 128
     flip_test: bool = True                   # test feature = image + flipped image (CAL's default)
     num_workers: int = 0
@@ -397,4 +397,7 @@ def make_config(method: str = "baseline", dataset: str = "synth-prcc", preset: s
     if dataset not in DATASETS: raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
     presets = {"demo": lambda ds: {}, **METHODS[method].presets}
     if preset not in presets: raise ValueError(f"unknown preset {preset!r} for {method}; choose one of {sorted(presets)}")
-    return TrainConfig.from_dict({**presets[preset](dataset), "method": method, "dataset": dataset, **overrides}, source=f"preset {preset!r} + overrides")
+    base = presets[preset](dataset)
+    for k in ("method_opts", "dataset_opts"):           # option dicts merge: an override adds to the preset's, key by key
+        if k in overrides and overrides[k] is not None: overrides = {**overrides, k: {**base.get(k, {}), **overrides[k]}}
+    return TrainConfig.from_dict({**base, "method": method, "dataset": dataset, **overrides}, source=f"preset {preset!r} + overrides")

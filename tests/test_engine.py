@@ -115,3 +115,15 @@ def test_saved_model_reloads_identically(data_dir):
     x = torch.randn(3, 3, 64, 32)
     with torch.no_grad(): assert torch.equal(a(x), b(x))
     assert not torch.equal(a(x), ReIDNet("resnet18", 6).eval()(x))
+
+def test_train_notebook_leaves_preset_settings_to_the_preset():
+    "A parameter a preset sets must default to None in train.ipynb, or `-p preset paper` would be silently overridden."
+    nb = json.loads((ROOT / "nbs" / "train.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    ns = {}; exec("".join(cell["source"]), ns)
+    from reid_nb.engine import METHODS, load_methods
+    load_methods()
+    preset_keys = {k for m in METHODS.values() for f in m.presets.values() for ds in ("prcc", "market1501", "msmt17") for k in f(ds)}
+    assert preset_keys, "no preset sets anything"
+    overridden = {k: ns[k] for k in preset_keys if k in ns and ns[k] is not None}
+    assert not overridden, f"train.ipynb's parameters override preset settings: {overridden}"
