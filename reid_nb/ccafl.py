@@ -135,7 +135,7 @@ from dataclasses import dataclass
 from .core import Config
 from .backbones import GeM, build_clip
 from .data import intra_camera_labels
-from .engine import Method, Stage, TrainConfig, register_method, extract_features
+from .engine import Method, Stage, TrainConfig, register_method, extract_features, transform_config
 from .losses import triplet_loss, label_smoothed_ce
 from .samplers import CameraAwareSampler
 
@@ -244,15 +244,15 @@ class CCAFL(Method):
 
     # --- per-epoch state -------------------------------------------------------------------------------------------
     def _train_feats(self, m) -> torch.Tensor:
-        from reid_nb.transforms import TransformConfig, build_transforms
-        _, tf = build_transforms(TransformConfig(size=tuple(self.cfg.image_size), norm="clip"))
+        from reid_nb.transforms import build_transforms
+        _, tf = build_transforms(transform_config(self.cfg))
         dev = next(m.parameters()).device
         return F.normalize(extract_features(self, m, self.data.train, tf, self.cfg.replace(flip_test=False), dev), dim=1)
 
     def _learn_prompts(self, m):
         "Stage 1: encoders frozen, image features cached once, per-camera SupCon image->text and text->image."
-        from reid_nb.transforms import TransformConfig, build_transforms
-        _, tf = build_transforms(TransformConfig(size=tuple(self.cfg.image_size), norm="clip"))
+        from reid_nb.transforms import build_transforms
+        _, tf = build_transforms(transform_config(self.cfg))
         dev = next(m.parameters()).device
         class _Proj(Method):
             def features(s, model, batch): return model.encode(batch["img"])[1]

@@ -26,7 +26,7 @@ from .transforms import TransformConfig, build_transforms
 # %% auto #0
 __all__ = ['METHODS', 'METHOD_MODULES', 'TrainConfig', 'project_root', 'resolve_path', 'Stage', 'Method', 'load_methods',
            'register_method', 'build_optimizer', 'lr_factor', 'extract_features', 'evaluate_protocols', 'write_log',
-           'load_data', 'fit', 'parse_sets', 'main', 'make_config']
+           'transform_config', 'load_data', 'fit', 'parse_sets', 'main', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -258,6 +258,10 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     if cfg.amp == "fp16" and device.type != "cuda": raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
+def transform_config(cfg: TrainConfig) -> TransformConfig:
+    "The input pipeline of a run: its image size, with CLIP's normalisation for CLIP backbones and ImageNet's otherwise."
+    return TransformConfig(size=tuple(cfg.image_size), norm="clip" if cfg.backbone.startswith(("ViT", "RN", "reid-tiny")) else "imagenet")
+
 def load_data(cfg: TrainConfig, method_cls: type) -> ReIDData:
     if cfg.dataset not in DATASETS: raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {sorted(DATASETS)}")
     return load_dataset(cfg.dataset, resolve_path(cfg.data_root), masks=True if method_cls.needs_masks else None, **cfg.dataset_opts)
@@ -277,8 +281,7 @@ def fit(cfg: TrainConfig) -> dict:
     model = method.build_model().to(device)
     rd = RunDir(resolve_path(cfg.out_dir) / cfg.name)
     if rank == 0: make_run_dir(cfg.name, cfg.replace(resume=False), root=resolve_path(cfg.out_dir), overwrite=not cfg.resume)
-    tcfg = TransformConfig(size=tuple(cfg.image_size), norm="clip" if cfg.backbone.startswith(("ViT", "RN", "reid-tiny")) else "imagenet")
-    train_tf, test_tf = build_transforms(tcfg)
+    train_tf, test_tf = build_transforms(transform_config(cfg))
     if cfg.batch_size % world or (cfg.batch_size // world) % cfg.num_instances:
         raise ValueError(f"batch_size {cfg.batch_size} must split over {world} rank(s) into multiples of num_instances {cfg.num_instances}")
     sampler = method.sampler(cfg.batch_size // world, num_replicas=world, rank=rank)

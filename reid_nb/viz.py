@@ -116,19 +116,19 @@ def plot_camera_probe(runs: list[Run]):
 
 # %% ../nbs/12_viz.ipynb #11
 def _model_and_data(run: Run):
-    from reid_nb.engine import TrainConfig, METHODS, load_methods, load_data
-    from reid_nb.transforms import TransformConfig, build_transforms
+    from reid_nb.engine import TrainConfig, METHODS, load_methods, load_data, transform_config
+    from reid_nb.transforms import build_transforms
     load_methods()
     cfg = TrainConfig.from_dict(run.config, source=str(run.path / "config.json"))
     data = load_data(cfg, METHODS[cfg.method])
     method = METHODS[cfg.method](cfg, data)
     model = method.build_model(); model.load_state_dict(load_checkpoint(run.path / "model.pt")); model.eval()
-    _, test_tf = build_transforms(TransformConfig(size=tuple(cfg.image_size)))
+    _, test_tf = build_transforms(transform_config(cfg))          # the run's own normalisation (CLIP or ImageNet)
     return cfg, data, method, model, test_tf
 
-def _denorm(x: torch.Tensor) -> np.ndarray:
-    from reid_nb.transforms import IMAGENET_MEAN, IMAGENET_STD
-    return (x * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]).clamp(0, 1).permute(1, 2, 0).numpy()
+def _denorm(x: torch.Tensor, tf) -> np.ndarray:
+    "Undo `tf`'s normalisation for display."
+    return (x * tf.std + tf.mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 def _items(data, test_tf, n):
     from reid_nb.data import ImageDataset
@@ -143,7 +143,7 @@ def plot_ifd_attention(run: Run, n: int = 6):
     for a, it in zip(ax, items):
         with torch.no_grad(): w = model(it["img"][None], it["masked_img"][None])["W_I"]
         w = F.interpolate(w, size=it["img"].shape[-2:], mode="bilinear")[0, 0].numpy()
-        a.imshow(_denorm(it["img"])); a.imshow(w, cmap="jet", alpha=0.45); a.axis("off")
+        a.imshow(_denorm(it["img"], tf)); a.imshow(w, cmap="jet", alpha=0.45); a.axis("off")
     fig.suptitle(f"{run.name}: W_I (identity attention)"); fig.tight_layout()
     return fig
 
@@ -177,7 +177,7 @@ def plot_gradcam(runs: list[Run], n: int = 4):
             cands = [j for j, t in enumerate(data.gallery) if t.pid == s.pid and t.clothes != s.clothes] or \
                     [j for j, t in enumerate(data.gallery) if t.pid == s.pid]
             cam = gradcam(model, method, q[i], g[cands[0]])
-            ax[r, c].imshow(_denorm(q[i]["img"])); ax[r, c].imshow(cam, cmap="jet", alpha=0.45); ax[r, c].axis("off")
+            ax[r, c].imshow(_denorm(q[i]["img"], tf)); ax[r, c].imshow(cam, cmap="jet", alpha=0.45); ax[r, c].axis("off")
         ax[r, 0].set_title(run.name, fontsize=9, loc="left")
     fig.tight_layout()
     return fig
