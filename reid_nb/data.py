@@ -191,11 +191,11 @@ def read_mask(path: str | Path, label_set: str | LabelSet = "lip", size: tuple[i
     return m.astype(np.uint8)
 
 def clothes_mask(mask: torch.Tensor, label_set: str | LabelSet = "lip", size: tuple[int, int] | None = None) -> torch.Tensor:
-    "Binary clothes mask (float 0/1) of label masks (..., H, W), resized (nearest) to `size` = (h, w), e.g. a feature map's."
+    "Binary clothes mask (float 0/1) of label masks (..., H, W); resized to `size` = (h, w) by majority (clothes on >= half a cell)."
     m = get_label_set(label_set).clothes_lut().to(mask.device)[mask.long()].float()
     if size is not None and tuple(m.shape[-2:]) != tuple(size):
         lead = m.shape[:-2]
-        m = F.interpolate(m.reshape(-1, 1, *m.shape[-2:]), size=size, mode="nearest").reshape(*lead, *size)
+        m = (F.adaptive_avg_pool2d(m.reshape(-1, 1, *m.shape[-2:]), size) >= 0.5).float().reshape(*lead, *size)
     return m
 
 def mask_clothes(img: torch.Tensor, mask: torch.Tensor, label_set: str | LabelSet = "lip") -> torch.Tensor:

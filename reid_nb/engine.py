@@ -25,8 +25,9 @@ from .transforms import TransformConfig, build_transforms
 
 # %% auto #0
 __all__ = ['METHODS', 'METHOD_MODULES', 'TrainConfig', 'project_root', 'resolve_path', 'Stage', 'Method', 'load_methods',
-           'register_method', 'build_optimizer', 'lr_factor', 'extract_features', 'evaluate_protocols', 'write_log',
-           'transform_config', 'load_data', 'fit', 'parse_sets', 'main', 'make_config']
+           'register_method', 'build_optimizer', 'lr_factor', 'stage_optimizer', 'extract_features',
+           'evaluate_protocols', 'write_log', 'transform_config', 'load_data', 'fit', 'parse_sets', 'main',
+           'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -64,10 +65,14 @@ class TrainConfig(Config):
     out_dir: str = "runs"
     resume: bool = False
     max_iters: int = 0                       # cap on iterations per epoch (0: the sampler's full epoch)
+    iters_per_epoch: int = 0                 # exact iterations per epoch, drawing more sampler passes if one is shorter (0: one pass)
+    schedule: str = "global"                 # global: warm-up/milestones in epochs of the whole run, optimiser state kept
+                                             # across stages | stage: each stage restarts both (a fresh optimiser)
     progress: bool = True
 
     def __post_init__(self):
-        for k, ok in [("optimizer", ("adam", "adamw", "sgd")), ("scheduler", ("step", "cosine", "constant")), ("amp", ("off", "bf16", "fp16"))]:
+        for k, ok in [("optimizer", ("adam", "adamw", "sgd")), ("scheduler", ("step", "cosine", "constant")), ("amp", ("off", "bf16", "fp16")),
+                      ("schedule", ("global", "stage"))]:
             if getattr(self, k) not in ok: raise ValueError(f"TrainConfig.{k}={getattr(self, k)!r} is not one of {list(ok)}")
 
 def project_root(start: Path | None = None) -> Path | None:
@@ -87,7 +92,7 @@ def resolve_path(p: str | Path) -> Path:
 # %% ../nbs/08_engine.ipynb #8
 @dataclass
 class Stage:
-    "A phase of training: `epochs` long, with its own optimiser over `method.parameters(model, stage)`."
+    "A phase of training: `epochs` long, training `method.parameters(model, stage)` (optimiser state carried over, see `fit`)."
     name: str
     epochs: int
     lr: float | None = None                  # None: cfg.lr
@@ -97,6 +102,7 @@ class Method:
     needs_masks: bool = False
     find_unused_parameters: bool = False
     presets: dict = {}                       # preset name -> TrainConfig overrides (e.g. "paper")
+    label_set: str = "lip"                   # label set of the parsing masks, for `masked_img` in the batches
 
     def __init__(self, cfg: TrainConfig, data: ReIDData):
         self.cfg, self.data = cfg, data
@@ -112,6 +118,8 @@ class Method:
     def features(self, model: nn.Module, batch: dict) -> torch.Tensor: return model(batch["img"])
     def on_epoch_start(self, model: nn.Module, stage: Stage, epoch: int) -> None: pass
     def epoch_log(self) -> dict: return {}             # extra columns for this epoch's log.csv row (e.g. association precision)
+    def state_dict(self) -> dict: return {}            # method state outside the model that a resume needs (e.g. an own optimiser)
+    def load_state_dict(self, sd: dict) -> None: pass
 
 METHODS: dict[str, type] = {}
 METHOD_MODULES = ("reid_nb.baseline", "reid_nb.ifd", "reid_nb.ccafl")   # imported on first use, so `METHODS` is complete
@@ -136,7 +144,7 @@ def build_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimize
     return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
 
 def lr_factor(epoch: int, total: int, cfg: TrainConfig) -> float:
-    "Multiplier of the base lr at `epoch` (0-based, within the stage)."
+    "Multiplier of the base lr at `epoch` (0-based) of `total` (the run's, or the stage's with `schedule='stage'`)."
     if epoch < cfg.warmup_epochs:
         a = epoch / max(cfg.warmup_epochs, 1)
         return cfg.warmup_factor * (1 - a) + a
@@ -145,6 +153,15 @@ def lr_factor(epoch: int, total: int, cfg: TrainConfig) -> float:
         t = (epoch - cfg.warmup_epochs) / max(total - cfg.warmup_epochs, 1)
         return 0.5 * (1 + math.cos(math.pi * t))
     return 1.0
+
+def stage_optimizer(params, cfg: TrainConfig, lr: float, previous: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
+    "The optimiser of a stage; with `schedule='global'`, each parameter that the previous stage trained keeps its state."
+    opt = build_optimizer(params, cfg, lr)
+    if previous is not None and cfg.schedule == "global":
+        for gr in opt.param_groups:
+            for p in gr["params"]:
+                if p in previous.state: opt.state[p] = previous.state[p]
+    return opt
 
 # %% ../nbs/08_engine.ipynb #13
 def _to(batch: dict, device) -> dict:
@@ -157,7 +174,7 @@ def _flip(batch: dict) -> dict:
 def extract_features(method: Method, model: nn.Module, samples: list, transform, cfg: TrainConfig, device) -> torch.Tensor:
     "(N, D) features of `samples` in eval mode (plus the flipped view when `cfg.flip_test`)."
     was = model.training; model.eval()
-    ds = ImageDataset(samples, transform)
+    ds = ImageDataset(samples, transform, label_set=method.label_set)
     dl = torch.utils.data.DataLoader(ds, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers)
     out = []
     for b in dl:
@@ -285,7 +302,8 @@ def fit(cfg: TrainConfig) -> dict:
     if cfg.batch_size % world or (cfg.batch_size // world) % cfg.num_instances:
         raise ValueError(f"batch_size {cfg.batch_size} must split over {world} rank(s) into multiples of num_instances {cfg.num_instances}")
     sampler = method.sampler(cfg.batch_size // world, num_replicas=world, rank=rank)
-    ds = ImageDataset(data.train, train_tf, labels=method.train_labels())
+    if cfg.iters_per_epoch: sampler.batches_per_epoch = cfg.iters_per_epoch
+    ds = ImageDataset(data.train, train_tf, label_set=method.label_set, labels=method.train_labels())
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=method.find_unused_parameters) if world > 1 else model
     stages = method.stages()
@@ -297,20 +315,19 @@ def fit(cfg: TrainConfig) -> dict:
         state = load_checkpoint(ckpt_path)
         if state["config"] != cfg.replace(resume=False).to_dict():
             raise ValueError(f"{ckpt_path} was written by another config; resume with the same config (see {rd.config})")
-        model.load_state_dict(state["model"]); scaler.load_state_dict(state["scaler"])
+        model.load_state_dict(state["model"]); scaler.load_state_dict(state["scaler"]); method.load_state_dict(state.get("method", {}))
         log, start = state["log"], state["epoch"]
         _set_rng_state(state["rng"])
-    epoch = 0
+    opt, s_start = None, 0
     for si, stage in enumerate(stages):
-        s_start = epoch
-        if start >= s_start + stage.epochs: epoch += stage.epochs; continue  # stage finished before the resume point
-        base_lr = stage.lr or cfg.lr
-        opt = build_optimizer(method.parameters(model, stage), cfg, base_lr)
-        if state is not None and state["stage"] == si: opt.load_state_dict(state["optimizer"])
-        epoch = max(epoch, start)
-        while epoch < s_start + stage.epochs:
-            e_in = epoch - s_start
-            for g in opt.param_groups: g["lr"] = base_lr * lr_factor(e_in, stage.epochs, cfg)
+        s_end, base_lr, resumed_here = s_start + stage.epochs, stage.lr or cfg.lr, state is not None and state["stage"] == si
+        if start >= s_end and not resumed_here: s_start = s_end; continue    # stage finished before the resume point
+        opt = stage_optimizer(method.parameters(model, stage), cfg, base_lr, opt)
+        if resumed_here: opt.load_state_dict(state["optimizer"])
+        epoch = max(s_start, start)
+        while epoch < s_end:
+            e, n = (epoch, total) if cfg.schedule == "global" else (epoch - s_start, stage.epochs)
+            for g in opt.param_groups: g["lr"] = base_lr * lr_factor(e, n, cfg)
             _epoch_seed(cfg.seed, epoch)
             sampler.set_epoch(epoch)
             g = torch.Generator(); g.manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -350,8 +367,10 @@ def fit(cfg: TrainConfig) -> dict:
                 write_log(rd.log, log)
                 atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                                    "stage": si, "epoch": epoch, "log": log, "sampler": sampler.state_dict(), "rng": _rng_state(),
+                                   "method": method.state_dict(),
                                    "config": cfg.replace(resume=False).to_dict()}, ckpt_path)
             _barrier()
+        s_start = s_end
     metrics = {}
     if rank == 0:
         metrics = {"dataset": cfg.dataset, "method": cfg.method, "backbone": cfg.backbone, "epochs": total,

@@ -22,6 +22,7 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         if rank is None: rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if not 0 <= rank < num_replicas: raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
         self.batch_size, self.seed, self.num_replicas, self.rank, self.epoch = batch_size, seed, num_replicas, rank, 0
+        self.batches_per_epoch: int | None = None      # per rank; None: one pass over the data (see `rank_batches`)
         self._cache = None
 
     def _batches(self, rng: np.random.Generator) -> list[list[int]]: raise NotImplementedError
@@ -32,10 +33,20 @@ class EpochBatchSampler(torch.utils.data.Sampler):
             self._cache = (self.epoch, self._batches(np.random.default_rng([self.seed, self.epoch])))
         return self._cache[1]
 
-    def rank_batches(self) -> list[list[int]]:
-        b = self.epoch_batches()
+    def _split(self, b: list[list[int]]) -> list[list[int]]:
         n = len(b) // self.num_replicas * self.num_replicas
         return b[self.rank:n:self.num_replicas]
+
+    def rank_batches(self) -> list[list[int]]:
+        "This rank's batches of the epoch: one pass, or exactly `batches_per_epoch` from as many passes as that takes."
+        b = self._split(self.epoch_batches())
+        if not self.batches_per_epoch: return b
+        k = 1
+        while len(b) < self.batches_per_epoch:                 # the authors' IterLoader: the next pass continues the epoch
+            more = self._split(self._batches(np.random.default_rng([self.seed, self.epoch, k])))
+            if not more: raise ValueError("the sampler yields no batch: too few identities for one batch")
+            b, k = b + more, k + 1
+        return b[:self.batches_per_epoch]
 
     def __iter__(self):
         for b in self.rank_batches(): yield from b
@@ -85,24 +96,30 @@ class RandomIdentitySampler(EpochBatchSampler):
     def _batches(self, rng): return _pk_batches(self.groups, self.batch_size // self.K, self.K, rng)
 
 # %% ../nbs/03_samplers.ipynb #12
-def proportional_slots(counts: Sequence[int], K: int) -> list[int]:
-    "Split K slots over outfits with `counts` images: at least one for each of the K largest, the rest by largest remainder."
+def proportional_slots(counts: Sequence[int], K: int, rng: np.random.Generator | None = None) -> list[int]:
+    "Split K slots over outfits with `counts` images in proportion: quotas rounded down, the rest by (randomised) remainders."
     counts = np.asarray(counts, dtype=float)
-    slots = np.zeros(len(counts), int)
-    order = np.argsort(-counts, kind="stable")
-    slots[order[:min(K, len(counts))]] = 1
-    left = K - slots.sum()
-    if left > 0:
-        quota = counts / counts.sum() * K - slots
-        quota = np.maximum(quota, 0)
-        base = np.floor(quota * left / max(quota.sum(), 1e-12)).astype(int) if quota.sum() > 0 else np.zeros_like(slots)
-        slots += base; left -= base.sum()
-        rem = quota * K - base
-        for i in np.argsort(-rem, kind="stable")[:left]: slots[i] += 1
+    quota = counts / counts.sum() * K
+    slots = np.floor(quota + 1e-9).astype(int)
+    frac = np.clip(quota - slots, 0, None)
+    left = K - int(slots.sum())
+    if left > 0 and rng is None:                        # largest fractional remainder (ties: larger outfit first)
+        for i in np.lexsort((-counts, -frac))[:left]: slots[i] += 1
+    elif left > 0:                                      # systematic sampling: P(extra slot) = fractional part, exactly
+        cum = np.concatenate([[0.0], np.cumsum(frac)])
+        points = rng.uniform() + np.arange(left)
+        slots += np.histogram(points, bins=cum)[0] if cum[-1] > 0 else 0
     return slots.tolist()
 
+def _stride_order(slots: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    "Outfit index of each draw, interleaved so that every prefix holds the outfits in proportion to `slots`."
+    u = rng.uniform()
+    owner = np.concatenate([np.full(s, o) for o, s in enumerate(slots)]).astype(int)
+    pos = np.concatenate([(np.arange(s) + u) / s for s in slots if s > 0])
+    return owner[np.lexsort((rng.uniform(size=len(pos)), pos))]
+
 class ProportionalRASSampler(EpochBatchSampler):
-    "P identities x K images, each identity's K spread over its outfits in proportion to their sizes."
+    "P identities x K images, each identity's draws spread over its outfits in proportion to their sizes."
     def __init__(self, pids: Sequence[int], clothes: Sequence[int], batch_size: int = 32, num_instances: int = 8, **kw):
         super().__init__(batch_size, **kw)
         if len(pids) != len(clothes): raise ValueError(f"pids ({len(pids)}) and clothes ({len(clothes)}) differ in length")
@@ -112,18 +129,15 @@ class ProportionalRASSampler(EpochBatchSampler):
         _check_pk(batch_size, num_instances, len(self.groups), "identities")
 
     def _chunks(self, pid: int, rng: np.random.Generator) -> list[list[int]]:
-        outfits = self.outfits[pid]
-        slots = proportional_slots([len(o) for o in outfits], self.K)
+        outfits, n_chunks = self.outfits[pid], max(1, len(self.groups[pid]) // self.K)
+        slots = proportional_slots([len(o) for o in outfits], n_chunks * self.K, rng)
         pools = [list(rng.permutation(o)) for o in outfits]
-        out = []
-        for _ in range(max(1, len(self.groups[pid]) // self.K)):
-            chunk = []
-            for o, n in zip(range(len(outfits)), slots):
-                for _ in range(n):
-                    if not pools[o]: pools[o] = list(rng.permutation(outfits[o]))
-                    chunk.append(int(pools[o].pop()))
-            out.append(chunk)
-        return out
+        draws = []
+        for o in _stride_order(slots, rng):
+            if not pools[o]: pools[o] = list(rng.permutation(outfits[o]))
+            draws.append(int(pools[o].pop()))
+        chunks = [draws[i:i + self.K] for i in range(0, len(draws), self.K)]
+        return [chunks[i] for i in rng.permutation(len(chunks))]     # an epoch may use only some: none is favoured
 
     def _batches(self, rng): return _pk_batches(self.groups, self.batch_size // self.K, self.K, rng, self._chunks)
 
