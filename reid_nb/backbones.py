@@ -16,7 +16,7 @@ from .core import load_checkpoint
 
 # %% auto #0
 __all__ = ['RESNETS', 'TINY_CLIP_CONFIGS', 'load_state', 'ResNetTrunk', 'GeM', 'BNNeckHead', 'ReIDNet', 'adapt_vit', 'adapt_rn',
-           'build_clip']
+           'is_torchscript', 'load_openai_clip', 'build_clip']
 
 # %% ../nbs/07_backbones.ipynb #5
 def _state_dict_from(path: str | Path) -> dict:
@@ -160,15 +160,33 @@ def adapt_rn(visual: nn.Module, image_size: tuple[int, int], last_stride: int = 
     visual.image_size = tuple(image_size)
     return visual
 
+def is_torchscript(path: str | Path) -> bool:
+    "Whether `path` is a TorchScript archive (how OpenAI distributes its CLIP weights: a zip holding `code/`)."
+    import zipfile
+    if not zipfile.is_zipfile(path): return False
+    with zipfile.ZipFile(path) as z: return any("/code/" in n for n in z.namelist())
+
+def load_openai_clip(path: str | Path) -> nn.Module:
+    "A float32 CLIP from an OpenAI weights file (TorchScript or its state dict): architecture read off the weights, QuickGELU."
+    # OpenAI's .pt files are TorchScript archives: torch.jit.load reads them (no pickle of arbitrary objects, so the
+    # weights_only rule does not apply; load only files from a source you trust). Anything else goes through weights_only.
+    sd = torch.jit.load(str(path), map_location="cpu").state_dict() if is_torchscript(path) else _state_dict_from(path)
+    sd = {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size", "attn_mask")}   # not weights
+    try: model = open_clip.model.build_model_from_openai_state_dict(dict(sd), quick_gelu=True, cast_dtype=None)
+    except KeyError as e: raise ValueError(f"CLIP weights {path} are not in OpenAI's layout (missing {e})") from e
+    model.float().load_state_dict(sd)                   # open_clip's builder rounds to fp16: reload the file's own precision
+    return model.eval()
+
 def build_clip(name: str = "ViT-B-16", weights: str | None = None, image_size: tuple[int, int] = (256, 128),
                stride: int | None = None, last_stride: int = 1) -> nn.Module:
     "An open_clip CLIP model (image + text towers) with its image tower adapted to person crops."
     if name not in open_clip.list_models(): raise ValueError(f"CLIP model {name!r} is not one of open_clip's ({', '.join(open_clip.list_models()[:8])}, ...)")
-    pretrained = None
-    if weights is not None:
-        if weights != "openai" and not Path(weights).is_file(): raise FileNotFoundError(f"CLIP weights {weights} do not exist (expected 'openai', None or a local file)")
-        pretrained = weights
-    try: model = open_clip.create_model(name, pretrained=pretrained)
+    if weights is not None and weights != "openai" and not Path(weights).is_file():
+        raise FileNotFoundError(f"CLIP weights {weights} do not exist (expected 'openai', None or a local file)")
+    try:
+        if weights is not None and weights != "openai" and is_torchscript(weights): model = load_openai_clip(weights)
+        # OpenAI's models use QuickGELU: open_clip's plain configs (e.g. "RN50") do not, so ask for it with OpenAI's weights
+        else: model = open_clip.create_model(name, pretrained=weights, force_quick_gelu=weights == "openai")
     except Exception as e:
         if weights == "openai":
             raise RuntimeError(f"could not get OpenAI weights for {name} ({type(e).__name__}: {e}); with no network, pass the "

@@ -4,6 +4,7 @@
 
 # %% ../nbs/13_ccafl.ipynb #2
 from __future__ import annotations
+import math
 import numpy as np
 import open_clip
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['VARIANT_SWITCHES', 'PromptLearner', 'CameraMemory', 'icdl_loss', 'associate', 'association_precision', 'ical_target',
-           'ical_adversarial_loss', 'CCAFLNet', 'CCAFLOpts', 'ccafl_paper_preset', 'CCAFL']
+           'ical_logits', 'ical_adversarial_loss', 'CCAFLNet', 'CCAFLOpts', 'ccafl_paper_preset', 'CCAFL', 'prompt_lr']
 
 # %% ../nbs/13_ccafl.ipynb #5
 class PromptLearner(nn.Module):
@@ -45,38 +46,37 @@ class PromptLearner(nn.Module):
 
 # %% ../nbs/13_ccafl.ipynb #9
 class CameraMemory(nn.Module):
-    "Centroids (C, D) and instance slots (C, S, D) of the classes of one camera."
-    def __init__(self, feats: torch.Tensor, labels: torch.Tensor, n_cls: int, slots: int = 32, momentum: float = 0.1, temp: float = 0.05):
+    "Centroids (C, D) and instance slots (C, S, D) of the classes of one camera (the authors' hybrid memory)."
+    def __init__(self, feats: torch.Tensor, labels: torch.Tensor, n_cls: int, slots: int = 32, momentum: float = 0.1, temp: float = 0.05,
+                 generator: torch.Generator | None = None):
         super().__init__()
         feats = F.normalize(feats.float(), dim=1)
         self.momentum, self.temp, self.slots = momentum, temp, slots
         cent = torch.zeros(n_cls, feats.shape[1]).index_add_(0, labels, feats)
         self.register_buffer("centroids", F.normalize(cent, dim=1))
-        self.register_buffer("inst", self.centroids[:, None].repeat(1, slots, 1).clone())
-        self.register_buffer("ptr", torch.zeros(n_cls, dtype=torch.long))
-        for f, y in zip(feats, labels): self._push(int(y), f)
-
-    def _push(self, y: int, f: torch.Tensor):
-        self.inst[y, self.ptr[y] % self.slots] = f; self.ptr[y] += 1
+        inst = torch.zeros(n_cls, slots, feats.shape[1])
+        for y in range(n_cls):                                     # slots: the class's images drawn with replacement
+            idx = torch.nonzero(labels == y).flatten()
+            if len(idx): inst[y] = feats[idx[torch.randint(len(idx), (slots,), generator=generator)]]
+        self.register_buffer("inst", inst)
 
     @torch.no_grad()
     def update(self, feats: torch.Tensor, labels: torch.Tensor):
-        "Momentum update of the centroids and a ring-buffer write of the instances."
-        for f, y in zip(F.normalize(feats.float(), dim=1), labels):
-            # cluster-contrast convention (the peers' memory code): momentum weighs the *old* value
-            self.centroids[y] = F.normalize(self.momentum * self.centroids[y] + (1 - self.momentum) * f, dim=0)
-            self._push(int(y), f)
+        "Per class in the batch: centroid <- m * centroid + (1 - m) * batch mean (normalised); first n slots <- its n features."
+        feats = F.normalize(feats.float(), dim=1)
+        for y in labels.unique().tolist():
+            f = feats[labels == y]
+            self.centroids[y] = F.normalize(self.momentum * self.centroids[y] + (1 - self.momentum) * f.mean(0), dim=0)
+            self.inst[y, :min(len(f), self.slots)] = f[:self.slots]
 
     def centroid_logits(self, feats: torch.Tensor) -> torch.Tensor:
         return F.normalize(feats, dim=1) @ self.centroids.T / self.temp
 
     def hard_logits(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        "Own class: least similar instance; other classes: most similar instance (only filled slots count)."
+        "Own class: least similar slot; other classes: most similar slot."
         s = torch.einsum("bd,csd->bcs", F.normalize(feats, dim=1), self.inst)                  # (B, C, S)
-        filled = torch.arange(self.slots, device=s.device)[None] < self.ptr.clamp(max=self.slots)[:, None]   # (C, S)
-        hi = s.masked_fill(~filled, -2).amax(2); lo = s.masked_fill(~filled, 2).amin(2)
         own = F.one_hot(labels, s.shape[1]).bool()
-        return torch.where(own, lo, hi) / self.temp
+        return torch.where(own, s.amin(2), s.amax(2)) / self.temp
 
 def icdl_loss(mem: CameraMemory, feats: torch.Tensor, labels: torch.Tensor, w: float = 0.6) -> torch.Tensor:
     "w * CE(centroid logits) + (1 - w) * CE(hard logits), within one camera."
@@ -92,10 +92,10 @@ def associate(class_feats: torch.Tensor, class_cams: torch.Tensor, rate: float =
     d[cams[:, None] == cams[None]] = float("inf")                       # only pairs of different cameras
     iu = torch.triu_indices(C, C, 1)
     dd = d[iu[0], iu[1]]
-    order = torch.argsort(dd, stable=True)
-    budget, linked, links = int(rate * C), set(), []
+    order = torch.argsort(dd, stable=True)[:int(rate * C)]             # the candidate pairs: the closest int(rate * C)
+    linked, links = set(), []
     for k in order.tolist():
-        if len(links) >= budget or not torch.isfinite(dd[k]): break
+        if not torch.isfinite(dd[k]): break
         i, j = int(iu[0, k]), int(iu[1, k])
         if (i, int(cams[j])) in linked or (j, int(cams[i])) in linked: continue
         links.append((i, j)); linked |= {(i, int(cams[j])), (j, int(cams[i]))}
@@ -121,13 +121,22 @@ def ical_target(own: torch.Tensor, pos_mask: torch.Tensor, eps: float = 0.8) -> 
     pos = pos_mask.float()
     return (1 - eps) * F.one_hot(own, pos.shape[1]).float() + eps * pos / pos.sum(1, keepdim=True)
 
+def ical_logits(cos: torch.Tensor, own: torch.Tensor, same_cam: torch.Tensor, margin: float = 0.7, tau: float = 0.2) -> torch.Tensor:
+    "(B, C) cosines -> ICAL's logits before the scale: cos(theta + m) on the own class, (1 + tau) cos + tau on its camera's others."
+    c = cos.float().clamp(-1, 1)
+    sine = (1 - c * c).clamp(min=1e-12).sqrt()                         # clamped: a finite gradient at |cos| = 1
+    phi = c * math.cos(margin) - sine * math.sin(margin)
+    phi = torch.where(c - math.cos(math.pi - margin) > 0, phi, c - math.sin(math.pi - margin) * margin)
+    own1 = F.one_hot(own, c.shape[1]).bool()
+    x = torch.where(own1, phi, c)
+    return torch.where(same_cam & ~own1, (1 + tau) * x + tau, x)
+
 def ical_adversarial_loss(cos: torch.Tensor, own: torch.Tensor, pos_mask: torch.Tensor, same_cam: torch.Tensor,
                           scale: float = 16.0, margin: float = 0.7, tau: float = 0.2, eps: float = 0.8) -> torch.Tensor:
-    "CAL-style multi-positive loss on cosine logits; margin on the own class, same-camera negatives made harder by `tau`."
-    x = cos - margin * F.one_hot(own, cos.shape[1]) + tau * (same_cam & ~pos_mask)
-    x = scale * x
-    neg = (~pos_mask).float()
-    log_prob = x - torch.log((x.exp() * neg).sum(1, keepdim=True) + x.exp())
+    "CAL-style multi-positive loss: each class's log-probability against itself and the negatives, target `ical_target`."
+    x = scale * ical_logits(cos, own, same_cam, margin, tau)
+    neg_lse = torch.logsumexp(x.masked_fill(pos_mask, float("-inf")), 1, keepdim=True)
+    log_prob = x - torch.logaddexp(x, neg_lse)
     return -(ical_target(own, pos_mask, eps) * log_prob).sum(1).mean()
 
 # %% ../nbs/13_ccafl.ipynb #18
@@ -135,6 +144,9 @@ from dataclasses import dataclass
 from .core import Config
 from .backbones import GeM, build_clip
 from .data import intra_camera_labels
+import torch.distributed as dist
+from fastcore.basics import patch
+from .transforms import build_transforms
 from .engine import Method, Stage, TrainConfig, register_method, extract_features, transform_config
 from .losses import triplet_loss, label_smoothed_ce
 from .samplers import CameraAwareSampler
@@ -150,7 +162,7 @@ class CCAFLNet(nn.Module):
         self.gem, self.bn = GeM(), nn.BatchNorm1d(dim)
         self.bn.bias.requires_grad_(False)
         self.prompts = PromptLearner(self.clip, n_cls, n_ctx)
-        self.ical = nn.Parameter(torch.randn(n_cls, dim) * 0.01)
+        self.ical = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_cls, dim)))   # the authors' NormalizedClassifier init
         self.id_head = nn.Linear(dim, n_cls, bias=False)           # the ICS baseline's per-camera classifier
         self.register_buffer("class_text", torch.zeros(n_cls, self.clip.text_projection.shape[-1]))
         self.register_buffer("prompts_done", torch.tensor(False))
@@ -173,10 +185,10 @@ class CCAFLNet(nn.Module):
         if self.training: out["proj"] = proj
         return out
 
-# %% ../nbs/13_ccafl.ipynb #20
+# %% ../nbs/13_ccafl.ipynb
 @dataclass
 class CCAFLOpts(Config):
-    variant: str = "ccafl"            # ccafl | ics_baseline | no_icdl | no_ical | no_text | ical_only
+    variant: str = "ccafl"            # ccafl | baseline | ics_baseline | no_icdl | no_ical | no_text | ical_only
     n_ctx: int = 4
     prompt_epochs: int = 60
     prompt_batch: int = 64
@@ -195,20 +207,27 @@ class CCAFLOpts(Config):
     ical_eps: float = 0.8
     ical_margin: float = 0.7          # 0.3 Duke, 0.5 MSMT17
     ical_tau: float = 0.2
+    ical_lr: float | None = None      # the ICAL classifier's own constant-LR Adam (None: cfg.lr, as the authors)
+    text_logits: str = "dot"          # dot: raw dot products of CLIP's features (authors) | cosine: logit_scale * cosine (CLIP)
+    text_smoothing: float = 0.1       # label smoothing of the image-to-text CE in stages 2-3 (authors)
 
 VARIANT_SWITCHES = {  # (ICDL, ICAL, text terms, inter-camera stage)
     "ccafl": (True, True, True, True), "no_icdl": (False, True, True, True), "no_ical": (True, False, True, True),
-    "no_text": (True, True, False, True), "ical_only": (False, True, False, True), "ics_baseline": (False, False, False, False)}
+    "no_text": (True, True, False, True), "ical_only": (False, True, False, True),
+    "baseline": (False, False, False, True),        # per-camera ID + triplet, then association + cluster contrast + triplet
+    "ics_baseline": (False, False, False, False)}   # per-camera ID + triplet only: no association at all
 
 def ccafl_paper_preset(dataset: str) -> dict:
-    "The authors' settings per dataset (DESIGN.md §5); step milestones 40/50 of the paper count from stage 3's start here."
+    "The authors' settings per dataset (DESIGN.md §5, `train_clip.py`, `trainers.py`): one schedule over stages 2-3."
     per = {"market1501": dict(assoc_rate=1.7, cluster_text_start=10, ical_end=50, ical_margin=0.7, icdl_w=0.6),
            "dukemtmc": dict(assoc_rate=1.5, cluster_text_start=40, ical_end=60, ical_margin=0.3, icdl_w=0.6),
            "msmt17": dict(assoc_rate=1.3, cluster_text_start=40, ical_end=60, ical_margin=0.5, icdl_w=0.0)}
     return dict(backbone="RN50", weights="openai", image_size=(256, 128), batch_size=256 if dataset == "msmt17" else 128,
-                num_instances=8, lr=3.5e-4, weight_decay=5e-4, epochs=80, warmup_epochs=10, milestones=(35, 45), eval_every=10,
+                num_instances=8, lr=3.5e-4, weight_decay=5e-4, epochs=80, iters_per_epoch=200, schedule="global",
+                warmup_epochs=10, warmup_factor=0.01, milestones=(40, 50), eval_every=10,
                 method_opts=per.get(dataset, per["market1501"]))
 
+# %% ../nbs/13_ccafl.ipynb
 @register_method("ccafl")
 class CCAFL(Method):
     "CLIP-based Camera-Agnostic Feature Learning for intra-camera supervised Re-ID."
@@ -219,13 +238,16 @@ class CCAFL(Method):
         super().__init__(cfg, data)
         self.opts = CCAFLOpts.from_dict(cfg.method_opts, source="method_opts")
         if self.opts.variant not in VARIANT_SWITCHES: raise ValueError(f"CCAFL variant {self.opts.variant!r} is not one of {list(VARIANT_SWITCHES)}")
+        if self.opts.text_logits not in ("dot", "cosine"): raise ValueError(f"text_logits={self.opts.text_logits!r} is not 'dot' or 'cosine'")
         self.use_icdl, self.use_ical, self.use_text, self.inter = VARIANT_SWITCHES[self.opts.variant]
         self.ics = intra_camera_labels(data.train)
         self.num_classes = self.ics.num_classes
         self.cls_cam = torch.as_tensor(self.ics.cls_cam)
-        self.offset = {int(c): int(np.flatnonzero(self.ics.cls_cam == c)[0]) for c in np.unique(self.ics.cls_cam)}
+        self.cams = [int(c) for c in np.unique(self.ics.cls_cam)]
+        self.offset = {c: int(np.flatnonzero(self.ics.cls_cam == c)[0]) for c in self.cams}
+        self.n_cam_cls = {c: int((self.ics.cls_cam == c).sum()) for c in self.cams}
         self.class_true = np.array([np.bincount(self.ics.true_pid[self.ics.cls == k]).argmax() for k in range(self.num_classes)])
-        self.pseudo, self._log = None, {}
+        self.pseudo, self._log, self._pending, self._ical_opt, self._ical_state = None, {}, [], None, None
 
     def build_model(self): return CCAFLNet(self.cfg.backbone, self.cfg.weights, self.cfg.image_size, self.num_classes, self.opts.n_ctx)
     def train_labels(self): return self.ics.cls.tolist()
@@ -238,159 +260,209 @@ class CCAFL(Method):
         return [Stage("icdl", e), Stage("inter", self.cfg.epochs - e)]
     def parameters(self, model, stage):
         m = getattr(model, "module", model)
-        return [*m.visual_params(), m.ical, m.id_head.weight]
+        return [*m.visual_params(), m.id_head.weight]          # the ICAL classifier has its own optimiser (`_step_ical_classifier`)
     def features(self, model, batch): return model(batch["img"])["bn"]
     def epoch_log(self): return dict(self._log)
+    def state_dict(self): return {"ical_opt": self._ical_opt.state_dict() if self._ical_opt is not None else self._ical_state}
+    def load_state_dict(self, sd): self._ical_state = sd.get("ical_opt")
 
-    # --- per-epoch state -------------------------------------------------------------------------------------------
-    def _train_feats(self, m) -> torch.Tensor:
-        from reid_nb.transforms import build_transforms
-        _, tf = build_transforms(transform_config(self.cfg))
-        dev = next(m.parameters()).device
-        return F.normalize(extract_features(self, m, self.data.train, tf, self.cfg.replace(flip_test=False), dev), dim=1)
+# %% ../nbs/13_ccafl.ipynb
+def _text_logits(img: torch.Tensor, text: torch.Tensor, mode: str, scale: torch.Tensor) -> torch.Tensor:
+    "Image-text logits: raw dot products of CLIP's features (the authors') or logit_scale x cosine."
+    if mode == "dot": return img.float() @ text.float().T
+    return scale * F.normalize(img.float(), dim=1) @ F.normalize(text.float(), dim=1).T
 
-    def _learn_prompts(self, m):
-        "Stage 1: encoders frozen, image features cached once, per-camera SupCon image->text and text->image."
-        from reid_nb.transforms import build_transforms
-        _, tf = build_transforms(transform_config(self.cfg))
-        dev = next(m.parameters()).device
-        class _Proj(Method):
-            def features(s, model, batch): return model.encode(batch["img"])[1]
-        img = F.normalize(extract_features(_Proj(self.cfg, self.data), m, self.data.train, tf, self.cfg.replace(flip_test=False), dev), dim=1).to(dev)
-        y, cams = torch.as_tensor(self.ics.cls, device=dev), torch.as_tensor(self.ics.cam, device=dev)
-        opt = torch.optim.Adam([m.prompts.ctx], lr=self.opts.prompt_lr, weight_decay=1e-4)
+def _supcon_dot(logits: torch.Tensor, la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
+    "CLIP-ReID's SupCon with temperature 1 on (rows la, columns lb) logits: mean log-probability of the same-label columns."
+    logp = F.log_softmax(logits, 1)
+    same = (la[:, None] == lb[None]).float()
+    return (-(same * logp).sum(1) / same.sum(1)).mean()
+
+def _gather(t: torch.Tensor) -> torch.Tensor:
+    "All ranks' rows of `t` (same shape on every rank) under DDP; `t` itself otherwise."
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return t
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous())
+    return torch.cat(out)
+
+def prompt_lr(epoch: int, base: float, epochs: int, warmup: int = 5, warmup_init: float = 1e-5, lr_min: float = 1e-6) -> float:
+    "Stage 1's schedule (timm's CosineLRScheduler as the authors call it, epochs counted from 1): linear warm-up, then cosine."
+    if epoch < warmup: return warmup_init + epoch * (base - warmup_init) / warmup
+    return lr_min + 0.5 * (base - lr_min) * (1 + math.cos(math.pi * epoch / epochs))
+
+# %% ../nbs/13_ccafl.ipynb
+@patch
+def _train_feats(self: CCAFL, m) -> torch.Tensor:
+    "Normalised BN features of every training image (test transform, no flip): what the association and memories start from."
+    _, tf = build_transforms(transform_config(self.cfg))
+    dev = next(m.parameters()).device
+    return F.normalize(extract_features(self, m, self.data.train, tf, self.cfg.replace(flip_test=False), dev), dim=1)
+
+@patch
+def _learn_prompts(self: CCAFL, m):
+    "Stage 1: encoders frozen, image features cached once; per camera SupCon image->text + text->image, summed over cameras."
+    o, dev = self.opts, next(m.parameters()).device
+    _, tf = build_transforms(transform_config(self.cfg))
+    class _Proj(Method):
+        def features(s, model, batch): return model.encode(batch["img"])[1]
+    img = extract_features(_Proj(self.cfg, self.data), m, self.data.train, tf, self.cfg.replace(flip_test=False), dev).to(dev)
+    y, cams = torch.as_tensor(self.ics.cls, device=dev), torch.as_tensor(self.ics.cam, device=dev)
+    frozen = [p for p in m.clip.parameters() if p.requires_grad]
+    for p in frozen: p.requires_grad_(False)                   # only the contexts learn: no gradients for the towers' weights
+    try:
+        opt = torch.optim.Adam([m.prompts.ctx], lr=o.prompt_lr, weight_decay=1e-4)
         g = torch.Generator().manual_seed(self.cfg.seed)
         scale = m.clip.logit_scale.exp().detach()
-        for ep in range(self.opts.prompt_epochs):
-            for lr_g in opt.param_groups: lr_g["lr"] = self.opts.prompt_lr * min(1.0, (ep + 1) / 5) * 0.5 * (1 + np.cos(np.pi * ep / self.opts.prompt_epochs))
+        for ep in range(1, o.prompt_epochs + 1):
+            for gr in opt.param_groups: gr["lr"] = prompt_lr(ep, o.prompt_lr, o.prompt_epochs)
             perm = torch.randperm(len(img), generator=g).to(dev)
-            for s in range(0, len(perm), self.opts.prompt_batch):
-                b = perm[s:s + self.opts.prompt_batch]
-                t = F.normalize(m.prompts(y[b]), dim=1)
-                logits = scale * img[b] @ t.T
-                same = (y[b][:, None] == y[b][None]).float()
-                cam_ok = cams[b][:, None] == cams[b][None]            # contrast only within a camera
-                logits = logits.masked_fill(~cam_ok, float("-inf"))
-                l_i2t = -(same * F.log_softmax(logits, 1)).sum(1) / same.sum(1)
-                l_t2i = -(same * F.log_softmax(logits.T, 1)).sum(1) / same.sum(1)
-                loss = (l_i2t + l_t2i).mean()
+            for s in range(0, len(perm), o.prompt_batch):      # the last, shorter batch too (the authors')
+                b = perm[s:s + o.prompt_batch]
+                t, loss = m.prompts(y[b]), 0.0
+                for c in cams[b].unique():
+                    k = cams[b] == c
+                    logits = _text_logits(img[b][k], t[k], o.text_logits, scale)            # (n_c, n_c) within one camera
+                    loss = loss + _supcon_dot(logits, y[b][k], y[b][k]) + _supcon_dot(logits.T, y[b][k], y[b][k])
                 opt.zero_grad(); loss.backward(); opt.step()
-        with torch.no_grad():
-            m.class_text.copy_(torch.cat([m.prompts(torch.arange(s, min(s + 256, self.num_classes), device=dev)) for s in range(0, self.num_classes, 256)]))
-        m.prompts_done.fill_(True)
+    finally:
+        for p in frozen: p.requires_grad_(True)
+    with torch.no_grad():
+        m.class_text.copy_(torch.cat([m.prompts(torch.arange(s, min(s + 256, self.num_classes), device=dev)) for s in range(0, self.num_classes, 256)]))
+    m.prompts_done.fill_(True)
 
-    def on_epoch_start(self, model, stage, epoch):
-        m = getattr(model, "module", model)
-        o, self._log, self._pending = self.opts, {}, []
-        if stage.name == "ics": return
-        if self.use_text and not bool(m.prompts_done): self._learn_prompts(m)
-        if stage.name == "icdl":                                   # memories rebuilt each epoch (and after a resume)
-            f = self._train_feats(m).cpu()
-            self.mems = {}
-            for c, off in self.offset.items():
-                idx = np.flatnonzero(self.ics.cam == c)
-                n_c = int((self.ics.cls_cam == c).sum())
-                self.mems[c] = CameraMemory(f[idx], torch.as_tensor(self.ics.cls[idx] - off), n_c, o.slots, o.momentum, o.temp).to(next(m.parameters()).device)
-        if stage.name == "inter":
-            f = self._train_feats(m).cpu()
-            cls = torch.as_tensor(self.ics.cls)
-            cf = torch.zeros(self.num_classes, f.shape[1]).index_add_(0, cls, f)
-            pseudo, links = associate(cf, self.cls_cam, o.assoc_rate)
-            self.pseudo = torch.as_tensor(pseudo)
-            self._log = {"assoc_precision": association_precision(links, self.class_true), "assoc_links": len(links),
-                         "pseudo_ids": int(self.pseudo.max()) + 1 if len(links) else 0}
-            dev = next(m.parameters()).device
-            k = int(self.pseudo.max()) + 1
-            ps = self.pseudo[cls]
-            ok = ps >= 0
-            self.cluster_mem = F.normalize(torch.zeros(max(k, 1), f.shape[1]).index_add_(0, ps[ok], f[ok]), dim=1).to(dev)
-            ct = torch.zeros(max(k, 1), m.class_text.shape[1], device=dev)
-            okc = self.pseudo >= 0
-            ct.index_add_(0, self.pseudo[okc].to(dev), F.normalize(m.class_text[okc.to(dev)], dim=1))
-            self.cluster_text = F.normalize(ct, dim=1)
-            self.pseudo = self.pseudo.to(dev)
+# %% ../nbs/13_ccafl.ipynb
+@patch
+def on_epoch_start(self: CCAFL, model, stage, epoch):
+    "Stage 2: fresh per-camera memories; stage 3: association, cluster memory and cluster text — every epoch."
+    m = getattr(model, "module", model)
+    o, self._log, self._pending = self.opts, {}, []
+    if stage.name == "ics" or (stage.name == "icdl" and not self.use_icdl): return
+    if self.use_text and not bool(m.prompts_done): self._learn_prompts(m)
+    dev, f = next(m.parameters()).device, self._train_feats(m).cpu()
+    cls = torch.as_tensor(self.ics.cls)
+    if stage.name == "icdl":
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        self.mems, self.cam_text = {}, {}
+        for c in self.cams:
+            idx, off, n = np.flatnonzero(self.ics.cam == c), self.offset[c], self.n_cam_cls[c]
+            self.mems[c] = CameraMemory(f[idx], cls[idx] - off, n, o.slots, o.momentum, o.temp, g).to(dev)
+            self.cam_text[c] = m.class_text[off:off + n]
+        return
+    pseudo, links = associate(torch.zeros(self.num_classes, f.shape[1]).index_add_(0, cls, f), self.cls_cam, o.assoc_rate)
+    self.pseudo = torch.as_tensor(pseudo)
+    self._log = {"assoc_precision": association_precision(links, self.class_true), "assoc_links": len(links),
+                 "pseudo_ids": int(self.pseudo.max()) + 1 if len(links) else 0}
+    k, ps = max(int(self.pseudo.max()) + 1, 1), self.pseudo[cls]
+    ok = ps >= 0
+    self.cluster_mem = F.normalize(torch.zeros(k, f.shape[1]).index_add_(0, ps[ok], f[ok]), dim=1).to(dev)
+    # cluster text: the mean over the cluster's *images* of their class's text feature (the authors' generate_center_features)
+    ct = m.class_text.detach().cpu().float()
+    if o.text_logits == "cosine": ct = F.normalize(ct, dim=1)
+    n_img = torch.zeros(k).index_add_(0, ps[ok], torch.ones(int(ok.sum())))
+    self.cluster_text = (torch.zeros(k, ct.shape[1]).index_add_(0, ps[ok], ct[cls[ok]]) / n_img.clamp(min=1)[:, None]).to(dev)
+    self.pseudo = self.pseudo.to(dev)
 
-    def _centroid_triplet(self, bn, y, cam_of):
-        "Batch-hard triplet against the camera's centroids: own centroid as positive, the closest other one as negative."
-        l, n = 0.0, 0
-        for c, mem in self.mems.items():
-            sel = cam_of == c
-            if not sel.any() or len(mem.centroids) < 2: continue
-            d = (2 - 2 * F.normalize(bn[sel], dim=1) @ mem.centroids.T).clamp(min=1e-12).sqrt()    # (b, n_c)
-            own = F.one_hot(y[sel] - self.offset[c], len(mem.centroids)).bool()
-            d_ap, d_an = d[own], d.masked_fill(own, float("inf")).amin(1)
-            l = l + F.relu(d_ap - d_an + self.opts.triplet_margin).sum(); n += int(sel.sum())
-        return l / max(n, 1)
+# %% ../nbs/13_ccafl.ipynb
+def _centroid_triplet(f: torch.Tensor, y: torch.Tensor, centroids: torch.Tensor, margin: float) -> torch.Tensor:
+    "Batch-hard triplet of (normalised) features against one camera's centroids: own centroid positive, closest other negative."
+    if len(centroids) < 2: return f.sum() * 0
+    d = (2 - 2 * f @ centroids.T).clamp(min=1e-12).sqrt()                  # (b, n_c) Euclidean, unit vectors
+    own = F.one_hot(y, len(centroids)).bool()
+    return F.relu(d[own] - d.masked_fill(own, float("inf")).amin(1) + margin).mean()
 
-    @torch.no_grad()
-    def _hard_update(self, fn, pk):
-        "Each cluster in the batch moves towards its least similar sample (momentum in the cluster-contrast convention)."
+@patch
+def _step_ical_classifier(self: CCAFL, m, fn: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    "One step of the ICAL classifier on detached features (16 x cosine, CE) with its own constant-LR Adam; returns its loss."
+    W = m.ical
+    if self._ical_opt is None:
+        self._ical_opt = torch.optim.Adam([W], lr=self.opts.ical_lr or self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        if self._ical_state: self._ical_opt.load_state_dict(self._ical_state)
+    with torch.autocast(fn.device.type, enabled=False):
+        loss = F.cross_entropy(self.opts.ical_scale * fn.detach().float() @ F.normalize(W, dim=1).T, y)
+    grad, = torch.autograd.grad(loss, [W])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(grad); grad /= dist.get_world_size()
+    W.grad = grad; self._ical_opt.step(); W.grad = None
+    return loss.detach()
+
+@patch
+def _per_camera_ce(self: CCAFL, m, bn, y):
+    "The ICS baselines' loss: ID loss over the classes of the sample's own camera only."
+    logits = m.id_head(bn)
+    same_cam = self.cls_cam.to(y.device)[None] == self.cls_cam.to(y.device)[y][:, None]
+    return F.cross_entropy(logits.masked_fill(~same_cam, float("-inf")), y)
+
+@patch
+def _apply_pending(self: CCAFL):
+    "Memory writes of the previous step, applied now: the memories were part of that step's graph until its backward."
+    for fn in self._pending: fn()
+    self._pending = []
+
+@patch
+def _hard_update(self: CCAFL, fn, pk):
+    "Each cluster in the batch moves towards its least similar sample (cluster contrast's hard update)."
+    with torch.no_grad():
         sims = (fn * self.cluster_mem[pk]).sum(1)
         for k in pk.unique():
             j = torch.nonzero(pk == k).flatten()
-            h = fn[j[sims[j].argmin()]]
-            self.cluster_mem[k] = F.normalize(self.opts.momentum * self.cluster_mem[k] + (1 - self.opts.momentum) * h, dim=0)
+            self.cluster_mem[k] = F.normalize(self.opts.momentum * self.cluster_mem[k] + (1 - self.opts.momentum) * fn[j[sims[j].argmin()]], dim=0)
 
-    # --- losses ----------------------------------------------------------------------------------------------------
-    def _per_camera_ce(self, m, bn, y):
-        "The ICS baseline's loss: ID loss over the classes of the sample's own camera only."
-        logits = m.id_head(bn)
-        same_cam = self.cls_cam.to(y.device)[None] == self.cls_cam.to(y.device)[y][:, None]
-        return F.cross_entropy(logits.masked_fill(~same_cam, float("-inf")), y)
+# %% ../nbs/13_ccafl.ipynb
+@patch
+def _icdl_losses(self: CCAFL, m, out, fn, y, cam_of) -> dict:
+    "Stage 2, per camera and summed over cameras: ICDL, triplets against the centroids and within the camera, image-to-text."
+    o, scale = self.opts, m.clip.logit_scale.exp().detach()
+    L = {"icdl": 0.0, "centroid_triplet": 0.0, "triplet": 0.0, **({"i2t": 0.0} if self.use_text else {})}
+    for c, mem in self.mems.items():
+        sel = cam_of == c
+        if not sel.any(): continue
+        yl = y[sel] - self.offset[c]
+        L["icdl"] = L["icdl"] + icdl_loss(mem, fn[sel], yl, o.icdl_w)
+        L["centroid_triplet"] = L["centroid_triplet"] + _centroid_triplet(fn[sel], yl, mem.centroids, o.triplet_margin)
+        L["triplet"] = L["triplet"] + triplet_loss(fn[sel], yl, o.triplet_margin)      # the same person elsewhere is no negative
+        if self.use_text:
+            L["i2t"] = L["i2t"] + label_smoothed_ce(_text_logits(out["proj"][sel], self.cam_text[c], o.text_logits, scale), yl, o.text_smoothing)
+    fd, yd = _gather(fn.detach()), _gather(y)                   # every rank writes every rank's samples
+    cd = self.cls_cam.to(yd.device)[yd]
+    self._pending.append(lambda: [mem.update(fd[cd == c], yd[cd == c] - self.offset[c]) for c, mem in self.mems.items() if (cd == c).any()])
+    return L
 
-    def _apply_pending(self):
-        "Memory writes of the previous step, applied now: the memories were part of that step's graph until its backward."
-        for fn in getattr(self, "_pending", []): fn()
-        self._pending = []
+@patch
+def _inter_losses(self: CCAFL, m, out, fn, y, cam_of, epoch) -> dict:
+    "Stage 3 on the samples with a pseudo identity: cluster contrast, triplet, image-to-cluster-text, ICAL in its window."
+    o, L = self.opts, {}
+    ps = self.pseudo[y]
+    ok = ps >= 0
+    if ok.any():
+        f, p, yk = fn[ok], ps[ok], y[ok]
+        L["cluster"] = F.cross_entropy(f @ self.cluster_mem.T / o.temp, p)
+        L["triplet"] = triplet_loss(f, p, o.triplet_margin)
+        if self.use_text and epoch >= o.cluster_text_start:
+            logits = _text_logits(out["proj"][ok], self.cluster_text, o.text_logits, m.clip.logit_scale.exp().detach())
+            L["i2ct"] = label_smoothed_ce(logits, p, o.text_smoothing)
+        if self.use_ical and o.ical_start <= epoch < o.ical_end:
+            cc, cam = self.cls_cam.to(y.device), cam_of[ok]
+            pos = ((self.pseudo[None] == p[:, None]) & (cc[None] != cam[:, None])) | F.one_hot(yk, self.num_classes).bool()
+            cos = f @ F.normalize(m.ical.detach(), dim=1).T            # the classifier as this iteration's step left it
+            L["ical_adv"] = ical_adversarial_loss(cos, yk, pos, cc[None] == cam[:, None], o.ical_scale, o.ical_margin, o.ical_tau, o.ical_eps)
+    fd, pd = _gather(fn.detach()), _gather(ps)
+    self._pending.append(lambda: self._hard_update(fd[pd >= 0], pd[pd >= 0]) if (pd >= 0).any() else None)
+    return L
 
-    def loss(self, model, batch, stage, epoch) -> dict:
-        m, o = getattr(model, "module", model), self.opts
-        self._apply_pending()
-        y = batch["pid"]                                            # intra-camera classes: no true identity in here
-        out = model(batch["img"])
-        bn, dev = out["bn"], y.device
-        cam_of = self.cls_cam.to(dev)[y]
-        L = {}
-        # the ICAL classifier learns the intra-camera classes on detached features, every iteration
-        W = F.normalize(m.ical, dim=1)
-        L["ical_cls"] = F.cross_entropy(o.ical_scale * F.normalize(bn.detach(), dim=1) @ W.T, y)
-        if stage.name == "ics" or (stage.name == "icdl" and not self.use_icdl):
-            L["id"] = self._per_camera_ce(m, bn, y)
-            L["triplet"] = triplet_loss(bn, y, o.triplet_margin)
-        elif stage.name == "icdl":
-            l = 0.0
-            for c, mem in self.mems.items():
-                sel = cam_of == c
-                if sel.any(): l = l + sel.float().mean() * icdl_loss(mem, bn[sel], y[sel] - self.offset[c], o.icdl_w)
-            L["icdl"] = l
-            L["triplet"] = triplet_loss(bn, y, o.triplet_margin)
-            L["centroid_triplet"] = self._centroid_triplet(bn, y, cam_of)
-            if self.use_text:
-                t = F.normalize(m.class_text, dim=1)
-                logits = m.clip.logit_scale.exp().detach() * F.normalize(out["proj"], dim=1) @ t.T
-                same_cam = self.cls_cam.to(dev)[None] == cam_of[:, None]
-                L["i2t"] = F.cross_entropy(logits.masked_fill(~same_cam, float("-inf")), y)
-            fd, yd = bn.detach(), y.detach()
-            for c, mem in self.mems.items():
-                sel = cam_of == c
-                if sel.any(): self._pending.append(lambda mem=mem, f=fd[sel], l=yd[sel] - self.offset[c]: mem.update(f, l))
-        else:  # inter-camera stage
-            ps = self.pseudo[y]
-            ok = ps >= 0
-            if ok.any():
-                fn = F.normalize(bn[ok], dim=1)
-                L["cluster"] = F.cross_entropy(fn @ self.cluster_mem.T / o.temp, ps[ok])
-                L["triplet"] = triplet_loss(bn[ok], ps[ok], o.triplet_margin)
-                if self.use_text and epoch >= o.cluster_text_start:
-                    logits = m.clip.logit_scale.exp().detach() * F.normalize(out["proj"][ok], dim=1) @ self.cluster_text.T
-                    L["i2ct"] = F.cross_entropy(logits, ps[ok])
-                self._pending.append(lambda fn=fn.detach(), pk=ps[ok]: self._hard_update(fn, pk))
-            if self.use_ical and o.ical_start <= epoch < o.ical_end:
-                cos = F.normalize(bn, dim=1) @ W.detach().T
-                pos = (self.pseudo[None] == ps[:, None]) & (ps[:, None] >= 0)
-                pos = pos | F.one_hot(y, self.num_classes).bool()
-                same_cam = self.cls_cam.to(dev)[None] == cam_of[:, None]
-                L["ical_adv"] = ical_adversarial_loss(cos, y, pos, same_cam, o.ical_scale, o.ical_margin, o.ical_tau, o.ical_eps)
-        L = {k: v if torch.is_tensor(v) else torch.as_tensor(v, device=dev) for k, v in L.items()}
-        L["loss"] = sum(L.values())
-        return L
+@patch
+def loss(self: CCAFL, model, batch, stage, epoch) -> dict:
+    m, o = getattr(model, "module", model), self.opts
+    self._apply_pending()
+    y = batch["pid"]                                            # intra-camera classes: no true identity in here
+    out = model(batch["img"])
+    fn = F.normalize(out["bn"].float(), dim=1)                  # the authors' training feature: the normalised BN feature
+    cam_of = self.cls_cam.to(y.device)[y]
+    ical_cls = self._step_ical_classifier(m, fn, y)             # every iteration, every stage
+    if stage.name == "ics" or (stage.name == "icdl" and not self.use_icdl):
+        L = {"id": self._per_camera_ce(m, out["bn"], y), "triplet": 0.0}
+        for c in cam_of.unique(): L["triplet"] = L["triplet"] + triplet_loss(fn[cam_of == c], y[cam_of == c], o.triplet_margin)
+    elif stage.name == "icdl": L = self._icdl_losses(m, out, fn, y, cam_of)
+    else: L = self._inter_losses(m, out, fn, y, cam_of, epoch)
+    L = {k: v if torch.is_tensor(v) else torch.zeros((), device=y.device) for k, v in L.items()}
+    L["loss"] = sum(L.values()) if L else fn.sum() * 0
+    return {**L, "ical_cls": ical_cls}                          # logged only: it trained the classifier already
