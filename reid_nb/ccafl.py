@@ -185,7 +185,7 @@ class CCAFLNet(nn.Module):
         if self.training: out["proj"] = proj
         return out
 
-# %% ../nbs/13_ccafl.ipynb
+# %% ../nbs/13_ccafl.ipynb #6678d5d8
 @dataclass
 class CCAFLOpts(Config):
     variant: str = "ccafl"            # ccafl | baseline | ics_baseline | no_icdl | no_ical | no_text | ical_only
@@ -210,6 +210,7 @@ class CCAFLOpts(Config):
     ical_lr: float | None = None      # the ICAL classifier's own constant-LR Adam (None: cfg.lr, as the authors)
     text_logits: str = "dot"          # dot: raw dot products of CLIP's features (authors) | cosine: logit_scale * cosine (CLIP)
     text_smoothing: float = 0.1       # label smoothing of the image-to-text CE in stages 2-3 (authors)
+    sampler: str = "pk"               # pk: P classes x K images drawn uniformly (authors' ClassUniformlySampler) | camera: cameras round-robin
 
 VARIANT_SWITCHES = {  # (ICDL, ICAL, text terms, inter-camera stage)
     "ccafl": (True, True, True, True), "no_icdl": (False, True, True, True), "no_ical": (True, False, True, True),
@@ -227,7 +228,7 @@ def ccafl_paper_preset(dataset: str) -> dict:
                 warmup_epochs=10, warmup_factor=0.01, milestones=(40, 50), eval_every=10,
                 method_opts=per.get(dataset, per["market1501"]))
 
-# %% ../nbs/13_ccafl.ipynb
+# %% ../nbs/13_ccafl.ipynb #b28dd9ef
 @register_method("ccafl")
 class CCAFL(Method):
     "CLIP-based Camera-Agnostic Feature Learning for intra-camera supervised Re-ID."
@@ -239,6 +240,7 @@ class CCAFL(Method):
         self.opts = CCAFLOpts.from_dict(cfg.method_opts, source="method_opts")
         if self.opts.variant not in VARIANT_SWITCHES: raise ValueError(f"CCAFL variant {self.opts.variant!r} is not one of {list(VARIANT_SWITCHES)}")
         if self.opts.text_logits not in ("dot", "cosine"): raise ValueError(f"text_logits={self.opts.text_logits!r} is not 'dot' or 'cosine'")
+        if self.opts.sampler not in ("pk", "camera"): raise ValueError(f"sampler={self.opts.sampler!r} is not 'pk' or 'camera'")
         self.use_icdl, self.use_ical, self.use_text, self.inter = VARIANT_SWITCHES[self.opts.variant]
         self.ics = intra_camera_labels(data.train)
         self.num_classes = self.ics.num_classes
@@ -252,6 +254,7 @@ class CCAFL(Method):
     def build_model(self): return CCAFLNet(self.cfg.backbone, self.cfg.weights, self.cfg.image_size, self.num_classes, self.opts.n_ctx)
     def train_labels(self): return self.ics.cls.tolist()
     def sampler(self, batch_size: int, **kw):
+        if self.opts.sampler == "pk": return super().sampler(batch_size, **kw)          # over the intra-camera classes
         return CameraAwareSampler(self.ics.cls, self.ics.cam, batch_size, self.cfg.num_instances, seed=self.cfg.seed, **kw)
     def stages(self):
         if not self.inter: return [Stage("ics", self.cfg.epochs)]
@@ -266,7 +269,7 @@ class CCAFL(Method):
     def state_dict(self): return {"ical_opt": self._ical_opt.state_dict() if self._ical_opt is not None else self._ical_state}
     def load_state_dict(self, sd): self._ical_state = sd.get("ical_opt")
 
-# %% ../nbs/13_ccafl.ipynb
+# %% ../nbs/13_ccafl.ipynb #d05731a3
 def _text_logits(img: torch.Tensor, text: torch.Tensor, mode: str, scale: torch.Tensor) -> torch.Tensor:
     "Image-text logits: raw dot products of CLIP's features (the authors') or logit_scale x cosine."
     if mode == "dot": return img.float() @ text.float().T
@@ -290,7 +293,7 @@ def prompt_lr(epoch: int, base: float, epochs: int, warmup: int = 5, warmup_init
     if epoch < warmup: return warmup_init + epoch * (base - warmup_init) / warmup
     return lr_min + 0.5 * (base - lr_min) * (1 + math.cos(math.pi * epoch / epochs))
 
-# %% ../nbs/13_ccafl.ipynb
+# %% ../nbs/13_ccafl.ipynb #7568ed1c
 @patch
 def _train_feats(self: CCAFL, m) -> torch.Tensor:
     "Normalised BN features of every training image (test transform, no flip): what the association and memories start from."
@@ -330,7 +333,7 @@ def _learn_prompts(self: CCAFL, m):
         m.class_text.copy_(torch.cat([m.prompts(torch.arange(s, min(s + 256, self.num_classes), device=dev)) for s in range(0, self.num_classes, 256)]))
     m.prompts_done.fill_(True)
 
-# %% ../nbs/13_ccafl.ipynb
+# %% ../nbs/13_ccafl.ipynb #8baea756
 @patch
 def on_epoch_start(self: CCAFL, model, stage, epoch):
     "Stage 2: fresh per-camera memories; stage 3: association, cluster memory and cluster text — every epoch."
@@ -362,7 +365,7 @@ def on_epoch_start(self: CCAFL, model, stage, epoch):
     self.cluster_text = (torch.zeros(k, ct.shape[1]).index_add_(0, ps[ok], ct[cls[ok]]) / n_img.clamp(min=1)[:, None]).to(dev)
     self.pseudo = self.pseudo.to(dev)
 
-# %% ../nbs/13_ccafl.ipynb
+# %% ../nbs/13_ccafl.ipynb #6f35eb62
 def _centroid_triplet(f: torch.Tensor, y: torch.Tensor, centroids: torch.Tensor, margin: float) -> torch.Tensor:
     "Batch-hard triplet of (normalised) features against one camera's centroids: own centroid positive, closest other negative."
     if len(centroids) < 2: return f.sum() * 0
@@ -407,7 +410,7 @@ def _hard_update(self: CCAFL, fn, pk):
             j = torch.nonzero(pk == k).flatten()
             self.cluster_mem[k] = F.normalize(self.opts.momentum * self.cluster_mem[k] + (1 - self.opts.momentum) * fn[j[sims[j].argmin()]], dim=0)
 
-# %% ../nbs/13_ccafl.ipynb
+# %% ../nbs/13_ccafl.ipynb #77bca807
 @patch
 def _icdl_losses(self: CCAFL, m, out, fn, y, cam_of) -> dict:
     "Stage 2, per camera and summed over cameras: ICDL, triplets against the centroids and within the camera, image-to-text."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #2
 from __future__ import annotations
-import csv, re, warnings
+import csv, inspect, re, warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -272,6 +272,7 @@ def load_dataset(name: str, root: str | Path = "data", masks: bool | None = None
     "Load a registered dataset: splits, protocols and (optionally) parsing masks; see `DATASETS` for the names."
     if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     ls = get_label_set(label_set)
+    if "label_set" in inspect.signature(DATASETS[name]).parameters: opts["label_set"] = ls.name   # a generator writes that set
     data = DATASETS[name](root, **opts)
     data = _attach_masks(data, masks, missing_masks, ls)
     if verify: data = _verify(data, skip_unreadable, ls)

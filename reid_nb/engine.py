@@ -281,7 +281,9 @@ def transform_config(cfg: TrainConfig) -> TransformConfig:
 
 def load_data(cfg: TrainConfig, method_cls: type) -> ReIDData:
     if cfg.dataset not in DATASETS: raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {sorted(DATASETS)}")
-    return load_dataset(cfg.dataset, resolve_path(cfg.data_root), masks=True if method_cls.needs_masks else None, **cfg.dataset_opts)
+    opts = dict(cfg.dataset_opts)
+    if method_cls.needs_masks and "label_set" in cfg.method_opts: opts.setdefault("label_set", cfg.method_opts["label_set"])   # masks read as the method reads them
+    return load_dataset(cfg.dataset, resolve_path(cfg.data_root), masks=True if method_cls.needs_masks else None, **opts)
 
 def fit(cfg: TrainConfig) -> dict:
     "Train `cfg.method` on `cfg.dataset`, evaluate every protocol, write runs/<name>/; returns the final metrics."

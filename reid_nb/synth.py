@@ -297,8 +297,8 @@ def generate(cfg: SynthConfig, root: str | Path = "data") -> Path:
     return write_dataset(cfg, d, overwrite=d.exists())
 
 def _register(layout: str):
-    def loader(root="data", **opts) -> ReIDData:
-        cfg = SynthConfig.from_dict({**opts, "layout": layout}, source=f"synth-{layout} options")
+    def loader(root="data", label_set: str = "lip", **opts) -> ReIDData:
+        cfg = SynthConfig.from_dict({**opts, "label_set": label_set, "layout": layout}, source=f"synth-{layout} options")
         data = DATASETS[LOADERS[layout]](generate(cfg, root))
         data.name = f"synth-{layout}"
         data.extra["synth"] = cfg.to_dict()
