@@ -26,6 +26,7 @@ class BaselineOpts(Config):
     id_weight: float = 1.0
     triplet_weight: float = 1.0
     pool: str = "avg"                      # avg | gem
+    triplet_all_ranks: bool = True         # DDP: mine the whole global batch, as one process would
 
 CC_DATASETS = ("prcc", "ltcc", "synth-prcc", "synth-ltcc")
 
@@ -52,5 +53,5 @@ class Baseline(Method):
         out = model(batch["img"])
         o = self.opts
         l_id = label_smoothed_ce(out["logits"], batch["pid"], o.label_smoothing)
-        l_tri = triplet_loss(out["feat"], batch["pid"], o.triplet_margin, soft=o.soft_margin)
+        l_tri = triplet_loss(out["feat"], batch["pid"], o.triplet_margin, soft=o.soft_margin, all_ranks=o.triplet_all_ranks)
         return {"loss": o.id_weight * l_id + o.triplet_weight * l_tri, "id": l_id, "triplet": l_tri}

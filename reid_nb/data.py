@@ -270,6 +270,7 @@ def register_dataset(name: str):
 def load_dataset(name: str, root: str | Path = "data", masks: bool | None = None, missing_masks: str = "error",
                  label_set: str | LabelSet = "lip", verify: bool = False, skip_unreadable: bool = False, **opts) -> ReIDData:
     "Load a registered dataset: splits, protocols and (optionally) parsing masks; see `DATASETS` for the names."
+    if name not in DATASETS and name.startswith("synth-"): import reid_nb.synth  # noqa: F401  (registers the synth-* datasets)
     if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     ls = get_label_set(label_set)
     if "label_set" in inspect.signature(DATASETS[name]).parameters: opts["label_set"] = ls.name   # a generator writes that set
@@ -494,11 +495,13 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __len__(self): return len(self.samples)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        "`key`: an index, or (index, augmentation seed) as the training samplers yield: the random transform then uses that seed."
+        i, gen = (int(key[0]), torch.Generator().manual_seed(int(key[1]))) if isinstance(key, tuple) else (key, None)
         s = self.samples[i]
         img = _open_image(s.path)
         mask = read_mask(s.mask, self.label_set, size=img.size) if s.mask is not None else None
-        if self.transform is not None: img, mask = self.transform(img, mask)
+        if self.transform is not None: img, mask = self.transform(img, mask, gen=gen) if gen is not None else self.transform(img, mask)
         else:
             img = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
             mask = None if mask is None else torch.from_numpy(mask).long()

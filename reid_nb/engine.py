@@ -26,8 +26,8 @@ from .transforms import TransformConfig, build_transforms
 # %% auto #0
 __all__ = ['METHODS', 'METHOD_MODULES', 'TrainConfig', 'project_root', 'resolve_path', 'Stage', 'Method', 'load_methods',
            'register_method', 'build_optimizer', 'lr_factor', 'stage_optimizer', 'extract_features',
-           'evaluate_protocols', 'write_log', 'transform_config', 'load_data', 'fit', 'parse_sets', 'main',
-           'make_config']
+           'evaluate_protocols', 'write_log', 'GlobalBatchNorm', 'convert_sync_bn', 'transform_config', 'load_data',
+           'fit', 'parse_sets', 'main', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -61,6 +61,7 @@ class TrainConfig(Config):
     num_workers: int = 0
     seed: int = 0
     deterministic: bool = False
+    sync_bn: bool = False                    # DDP: BatchNorm statistics of the whole global batch (GlobalBatchNorm / SyncBatchNorm)
     device: str = "auto"
     out_dir: str = "runs"
     resume: bool = False
@@ -258,7 +259,11 @@ def _dist_setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
-        if use_cuda: torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if use_cuda and local >= torch.cuda.device_count():
+            raise RuntimeError(f"DDP rank with LOCAL_RANK {local} has no GPU: {torch.cuda.device_count()} visible. Start at most "
+                               f"that many processes per node (torchrun --nproc_per_node), or train on the CPU with device='cpu'")
+        if use_cuda: torch.cuda.set_device(local)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -268,6 +273,40 @@ def _dist_setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:
 
 def _barrier():
     if dist.is_initialized(): dist.barrier()
+
+def _distributed() -> bool: return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    "BatchNorm (1d/2d) whose training statistics are the whole global batch's, across DDP ranks (gloo or NCCL); plain BN otherwise."
+    def _check_input_dim(self, x): pass
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and _distributed()): return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce        # differentiable: gradients flow to every rank's samples
+        x = x.float()
+        dims, shape = [0, *range(2, x.dim())], (1, -1) + (1,) * (x.dim() - 2)
+        n = torch.tensor(float(x.numel() // x.shape[1]), device=x.device); dist.all_reduce(n)
+        mean = all_reduce(x.sum(dims)) / n
+        var = all_reduce(((x - mean.view(shape)) ** 2).sum(dims)) / n                           # two passes, as batch_norm
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))              # unbiased, as batch_norm
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+def convert_sync_bn(module: nn.Module, cuda: bool = False) -> nn.Module:
+    "Every BatchNorm1d/2d of `module` as a global-batch one (torch's SyncBatchNorm on CUDA), weights and buffers kept."
+    if cuda: return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)) and not isinstance(child, GlobalBatchNorm):
+            g = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            if child.affine: g.weight, g.bias = child.weight, child.bias          # the same Parameters (requires_grad kept)
+            if child.track_running_stats: g.running_mean, g.running_var, g.num_batches_tracked = child.running_mean, child.running_var, child.num_batches_tracked
+            setattr(module, name, g)
+        else: convert_sync_bn(child)
+    return module
 
 # %% ../nbs/08_engine.ipynb #20
 def _autocast(cfg: TrainConfig, device: torch.device):
@@ -303,9 +342,10 @@ def fit(cfg: TrainConfig) -> dict:
     train_tf, test_tf = build_transforms(transform_config(cfg))
     if cfg.batch_size % world or (cfg.batch_size // world) % cfg.num_instances:
         raise ValueError(f"batch_size {cfg.batch_size} must split over {world} rank(s) into multiples of num_instances {cfg.num_instances}")
-    sampler = method.sampler(cfg.batch_size // world, num_replicas=world, rank=rank)
+    sampler = method.sampler(cfg.batch_size, num_replicas=world, rank=rank)     # global batches, each rank its slice
     if cfg.iters_per_epoch: sampler.batches_per_epoch = cfg.iters_per_epoch
     ds = ImageDataset(data.train, train_tf, label_set=method.label_set, labels=method.train_labels())
+    if world > 1 and cfg.sync_bn: model = convert_sync_bn(model, cuda=device.type == "cuda")
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=method.find_unused_parameters) if world > 1 else model
     stages = method.stages()
@@ -333,7 +373,7 @@ def fit(cfg: TrainConfig) -> dict:
             _epoch_seed(cfg.seed, epoch)
             sampler.set_epoch(epoch)
             g = torch.Generator(); g.manual_seed(cfg.seed * 1_000_003 + epoch)
-            dl = torch.utils.data.DataLoader(ds, batch_size=sampler.batch_size, sampler=sampler, drop_last=True,
+            dl = torch.utils.data.DataLoader(ds, batch_size=sampler.local_batch_size, sampler=sampler, drop_last=True,
                                              num_workers=cfg.num_workers, worker_init_fn=seed_worker, generator=g,
                                              persistent_workers=False, pin_memory=device.type == "cuda")
             method.on_epoch_start(model, stage, epoch)

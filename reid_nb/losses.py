@@ -24,13 +24,22 @@ def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
     d = (x * x).sum(1, keepdim=True)
     return (d + d.T - 2 * x @ x.T).clamp(min=1e-12).sqrt()
 
+def _all_ranks(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    "Every DDP rank's rows (differentiable), their labels, and the offset of this rank's rows; (x, labels, 0) outside DDP."
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1): return x, labels, 0
+    from torch.distributed.nn.functional import all_gather
+    ys = [torch.empty_like(labels) for _ in range(dist.get_world_size())]; dist.all_gather(ys, labels)
+    return torch.cat(all_gather(x)), torch.cat(ys), dist.get_rank() * len(x)
+
 def triplet_loss(feats: torch.Tensor, labels: torch.Tensor, margin: float = 0.3, soft: bool = False,
-                 normalize: bool = False) -> torch.Tensor:
-    "Batch-hard triplet loss (anchors without a positive or a negative in the batch are skipped)."
+                 normalize: bool = False, all_ranks: bool = False) -> torch.Tensor:
+    "Batch-hard triplet loss (anchors without a positive or a negative in the batch are skipped); see `all_ranks` above."
     x = F.normalize(feats.float(), dim=1) if normalize else feats.float()
-    d = pairwise_euclidean(x)
-    same = labels[:, None] == labels[None]
-    eye = torch.eye(len(x), dtype=torch.bool, device=x.device)
+    g, gl, off = _all_ranks(x, labels) if all_ranks else (x, labels, 0)
+    d = (x.pow(2).sum(1, keepdim=True) + g.pow(2).sum(1)[None] - 2 * x @ g.T).clamp(min=1e-12).sqrt()    # (n, N)
+    same = labels[:, None] == gl[None]
+    eye = torch.zeros_like(same); eye[torch.arange(len(x)), off + torch.arange(len(x))] = True
     pos, neg = same & ~eye, ~same
     ok = pos.any(1) & neg.any(1)
     if not ok.any(): return feats.sum() * 0

@@ -16,42 +16,49 @@ __all__ = ['EpochBatchSampler', 'RandomIdentitySampler', 'proportional_slots', '
 
 # %% ../nbs/03_samplers.ipynb #5
 class EpochBatchSampler(torch.utils.data.Sampler):
-    "Base: subclasses build `_batches(rng)`; this class handles seeding, epochs and DDP ranks."
+    "Base: subclasses build `_batches(rng)` of global batches; this class handles seeding, epochs, DDP ranks, augmentation seeds."
     def __init__(self, batch_size: int, seed: int = 0, num_replicas: int | None = None, rank: int | None = None):
         if num_replicas is None: num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if rank is None: rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if not 0 <= rank < num_replicas: raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
+        if batch_size % num_replicas: raise ValueError(f"batch_size {batch_size} does not split over {num_replicas} ranks")
         self.batch_size, self.seed, self.num_replicas, self.rank, self.epoch = batch_size, seed, num_replicas, rank, 0
-        self.batches_per_epoch: int | None = None      # per rank; None: one pass over the data (see `rank_batches`)
+        self.local_batch_size = batch_size // num_replicas
+        self.batches_per_epoch: int | None = None      # None: one pass over the data (see `epoch_batches`)
         self._cache = None
 
     def _batches(self, rng: np.random.Generator) -> list[list[int]]: raise NotImplementedError
 
     def epoch_batches(self) -> list[list[int]]:
-        "All batches of the current epoch (every rank's), identical on every rank."
-        if self._cache is None or self._cache[0] != self.epoch:
-            self._cache = (self.epoch, self._batches(np.random.default_rng([self.seed, self.epoch])))
+        "The epoch's global batches, identical on every rank: one pass, or exactly `batches_per_epoch` from further passes."
+        if self._cache is None or self._cache[0] != (self.epoch, self.batches_per_epoch):
+            b, k = self._batches(np.random.default_rng([self.seed, self.epoch])), 1
+            while self.batches_per_epoch and len(b) < self.batches_per_epoch:   # the authors' IterLoader: the next pass goes on
+                more = self._batches(np.random.default_rng([self.seed, self.epoch, k]))
+                if not more: raise ValueError("the sampler yields no batch: too few identities for one batch")
+                b, k = b + more, k + 1
+            self._cache = ((self.epoch, self.batches_per_epoch), b[:self.batches_per_epoch] if self.batches_per_epoch else b)
         return self._cache[1]
 
-    def _split(self, b: list[list[int]]) -> list[list[int]]:
-        n = len(b) // self.num_replicas * self.num_replicas
-        return b[self.rank:n:self.num_replicas]
-
     def rank_batches(self) -> list[list[int]]:
-        "This rank's batches of the epoch: one pass, or exactly `batches_per_epoch` from as many passes as that takes."
-        b = self._split(self.epoch_batches())
-        if not self.batches_per_epoch: return b
-        k = 1
-        while len(b) < self.batches_per_epoch:                 # the authors' IterLoader: the next pass continues the epoch
-            more = self._split(self._batches(np.random.default_rng([self.seed, self.epoch, k])))
-            if not more: raise ValueError("the sampler yields no batch: too few identities for one batch")
-            b, k = b + more, k + 1
-        return b[:self.batches_per_epoch]
+        "This rank's slice of every global batch."
+        lo = self.rank * self.local_batch_size
+        return [b[lo:lo + self.local_batch_size] for b in self.epoch_batches()]
+
+    def aug_seed(self, batch: int, pos: int) -> int:
+        "The augmentation seed of the sample at `pos` of global batch `batch` in this epoch."
+        return (((self.seed * 1_000_003 + self.epoch) * 1_000_003 + batch) * 65_537 + pos) % 2**62
 
     def __iter__(self):
-        for b in self.rank_batches(): yield from b
+        lo = self.rank * self.local_batch_size
+        for j, b in enumerate(self.rank_batches()):
+            for p, i in enumerate(b, lo): yield int(i), self.aug_seed(j, p)
 
-    def __len__(self) -> int: return sum(len(b) for b in self.rank_batches())
+    def __len__(self) -> int: return len(self.epoch_batches()) * self.local_batch_size
+
+    def indices(self) -> list[int]:
+        "The sample indices this rank draws in the epoch (without their augmentation seeds)."
+        return [i for i, _ in self]
 
     def set_epoch(self, epoch: int) -> None: self.epoch = epoch
 
