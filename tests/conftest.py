@@ -14,3 +14,14 @@ def run(cmd, cwd=ROOT, check=True, env=None, timeout=600):
 
 @pytest.fixture
 def root(): return ROOT
+
+def chance_map(data, protocol: str, draws: int = 300, seed: int = 0) -> tuple[float, float]:
+    "(mean, std) of `protocol`'s mAP with random features: what an untrained ranking scores on this split."
+    import numpy as np, torch
+    from reid_nb.metrics import evaluate
+    p = data.protocols[protocol]
+    ids = [[np.array([getattr(s, k) for s in lst]) for k in ("pid", "camid", "clothes")] for lst in (p.query, p.gallery)]
+    g = torch.Generator().manual_seed(seed)
+    maps = [evaluate(torch.randn(len(p.query), 8, generator=g), torch.randn(len(p.gallery), 8, generator=g), ids[0][0], ids[1][0],
+                     ids[0][1], ids[1][1], ids[0][2], ids[1][2], mode=p.mode).mAP for _ in range(draws)]
+    return float(np.mean(maps)), float(np.std(maps))

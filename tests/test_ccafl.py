@@ -1,5 +1,6 @@
-"""CCAFL end to end on the camera-biased synthetic data: beats the ICS baseline across cameras with the same seed and budget,
-logs association precision every epoch, is less camera-predictable; and no true cross-camera identity reaches a loss."""
+"""CCAFL end to end on the camera-biased synthetic data: every stage and term runs in its window, the association gets precise,
+the model learns a cross-camera ranking; and no true cross-camera identity reaches a loss. Whether CCAFL beats its baselines
+at this scale is a multi-seed question: `tools/seed_study.py ccafl` and nbs/13_ccafl.ipynb (it does not, at this budget)."""
 import dataclasses
 import numpy as np
 import pandas as pd
@@ -7,9 +8,8 @@ import pytest
 import torch
 from reid_nb.engine import fit, make_config, load_methods, METHODS, _to
 from reid_nb.data import load_dataset, ImageDataset, intra_camera_labels
-from reid_nb.report import collect_runs
-from reid_nb.viz import camera_probe_accuracy
 from reid_nb.transforms import TransformConfig, build_transforms
+from conftest import chance_map
 
 DATA = dict(n_train_ids=16, n_test_ids=16, n_cams=4, cams_per_id=3, images_per_cam=4, camera_bias=0.5)
 CCAFL_OPTS = dict(prompt_epochs=10, icdl_epochs=2, cluster_text_start=3, ical_start=9, ical_end=12, assoc_rate=1.0)
@@ -17,18 +17,25 @@ CCAFL_OPTS = dict(prompt_epochs=10, icdl_epochs=2, cluster_text_start=3, ical_st
 def cfg(tmp, variant, **kw):
     return make_config("ccafl", "synth-market", name=variant, backbone="reid-tiny-rn", data_root=str(tmp / "data"), out_dir=str(tmp / "runs"),
                        epochs=12, image_size=(128, 64), batch_size=32, num_instances=4, dataset_opts=DATA, progress=False, eval_every=0,
-                       method_opts={"variant": variant, **(CCAFL_OPTS if variant != "ics_baseline" else {})}, **kw)
+                       method_opts={"variant": variant, **(CCAFL_OPTS if variant != "ics_baseline" else {})}, device="cpu", **kw)
 
-def test_ccafl_beats_ics_baseline_across_cameras(tmp_path):
-    base = fit(cfg(tmp_path, "ics_baseline"))["protocols"]["standard"]
-    ours = fit(cfg(tmp_path, "ccafl"))["protocols"]["standard"]
-    print("ics_baseline", base["mAP"], base["R1"], "ccafl", ours["mAP"], ours["R1"])
-    assert ours["mAP"] > base["mAP"] + 0.1 and ours["R1"] > base["R1"]
+def test_ccafl_end_to_end(tmp_path):
+    m = fit(cfg(tmp_path, "ccafl"))["protocols"]["standard"]
     log = pd.read_csv(tmp_path / "runs" / "ccafl" / "log.csv")
-    prec = log.loc[log.stage == "inter", "assoc_precision"]
-    assert prec.notna().all() and len(prec) == 10 and prec.iloc[-1] > prec.iloc[0]
-    runs = {r.name: r for r in collect_runs(tmp_path / "runs")}
-    assert camera_probe_accuracy(runs["ccafl"]) < camera_probe_accuracy(runs["ics_baseline"])
+    assert log.stage.tolist() == ["icdl"] * 2 + ["inter"] * 10
+    inter = log[log.stage == "inter"]
+    assert log.loc[log.stage == "icdl", ["icdl", "i2t", "centroid_triplet"]].notna().all().all()
+    assert inter.cluster.notna().all() and inter.assoc_precision.notna().all()
+    # windows count global epochs (0-based): cluster text from 3, ICAL in [9, 12)
+    assert log.i2ct.notna().tolist() == [e >= 3 for e in range(12)] and log.ical_adv.notna().tolist() == [9 <= e < 12 for e in range(12)]
+    # seeds 0-4 (tools/seed_study.py ccafl): precision 0.22-0.67 at the first association, 0.87 +- 0.05 (0.80-0.94) at the
+    # last; it rose in all 10 runs measured (this code and the version before). Bound: the mean minus 4 std.
+    prec = inter.assoc_precision.tolist()
+    assert prec[-1] > prec[0] and prec[-1] >= 0.65, prec
+    data = load_dataset("synth-market", tmp_path / "data", **DATA)
+    mean, std = chance_map(data, "standard")
+    print("ccafl", m["mAP"], m["R1"], "chance", mean, std)
+    assert m["mAP"] > mean + 5 * std                 # chance 0.073 +- 0.008; CCAFL 0.45 +- 0.12 (0.27-0.57) over seeds 0-4
 
 def test_no_true_cross_camera_identity_reaches_a_loss(tmp_path):
     "Scramble which pids are the same person across cameras (within-camera groups kept): labels and losses do not change."

@@ -11,7 +11,11 @@ from reid_nb.data import load_dataset
 from conftest import ROOT, BIN, run
 
 TINY = dict(n_train_ids=6, n_test_ids=4, images_per_cam=4)
-DDP_BOUNDS = {"sc": 0.1, "cc": 0.1}   # placeholder, set from the measured spread below
+# DDP vs one process end to end: float-level differences (the single step agrees to 2e-5, test below) grow over 5 epochs into
+# different runs, as a different seed would. Measured at this setting (2-core CPU, seeds 0-5, /tmp script in the session note):
+# one process SC mAP 0.896 +- 0.040, CC 0.400 +- 0.077 (std over seeds); |DDP - one process| at most 0.048 (SC), 0.167 (CC).
+# Bound: 4 x sqrt(2) x the seed std (two independent draws), i.e. a false alarm about once in 10^4 runs.
+DDP_BOUNDS = {"sc": 0.22, "cc": 0.43}
 
 def tiny_cfg(tmp, **kw):
     base = dict(data_root=str(tmp / "data"), out_dir=str(tmp / "runs"), epochs=4, batch_size=16, num_instances=4,
