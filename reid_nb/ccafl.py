@@ -318,7 +318,7 @@ def _learn_prompts(self: CCAFL, m):
         scale = m.clip.logit_scale.exp().detach()
         for ep in range(1, o.prompt_epochs + 1):
             for gr in opt.param_groups: gr["lr"] = prompt_lr(ep, o.prompt_lr, o.prompt_epochs)
-            perm = torch.randperm(len(img), generator=g).to(dev)
+            perm, losses = torch.randperm(len(img), generator=g).to(dev), []
             for s in range(0, len(perm), o.prompt_batch):      # the last, shorter batch too (the authors')
                 b = perm[s:s + o.prompt_batch]
                 t, loss = m.prompts(y[b]), 0.0
@@ -326,7 +326,8 @@ def _learn_prompts(self: CCAFL, m):
                     k = cams[b] == c
                     logits = _text_logits(img[b][k], t[k], o.text_logits, scale)            # (n_c, n_c) within one camera
                     loss = loss + _supcon_dot(logits, y[b][k], y[b][k]) + _supcon_dot(logits.T, y[b][k], y[b][k])
-                opt.zero_grad(); loss.backward(); opt.step()
+                opt.zero_grad(); loss.backward(); opt.step(); losses.append(float(loss.detach()))
+        self._prompt_loss = float(np.mean(losses))             # the last stage-1 epoch's mean loss, logged with stage 2's first row
     finally:
         for p in frozen: p.requires_grad_(True)
     with torch.no_grad():
@@ -340,7 +341,7 @@ def on_epoch_start(self: CCAFL, model, stage, epoch):
     m = getattr(model, "module", model)
     o, self._log, self._pending = self.opts, {}, []
     if stage.name == "ics" or (stage.name == "icdl" and not self.use_icdl): return
-    if self.use_text and not bool(m.prompts_done): self._learn_prompts(m)
+    if self.use_text and not bool(m.prompts_done): self._learn_prompts(m); self._log["prompt_loss"] = self._prompt_loss
     dev, f = next(m.parameters()).device, self._train_feats(m).cpu()
     cls = torch.as_tensor(self.ics.cls)
     if stage.name == "icdl":

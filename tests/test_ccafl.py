@@ -23,6 +23,7 @@ def test_ccafl_end_to_end(tmp_path):
     m = fit(cfg(tmp_path, "ccafl"))["protocols"]["standard"]
     log = pd.read_csv(tmp_path / "runs" / "ccafl" / "log.csv")
     assert log.stage.tolist() == ["icdl"] * 2 + ["inter"] * 10
+    assert np.isfinite(log.prompt_loss.iloc[0]) and log.prompt_loss.iloc[1:].isna().all()     # stage 1 ran once, finite
     inter = log[log.stage == "inter"]
     assert log.loc[log.stage == "icdl", ["icdl", "i2t", "centroid_triplet"]].notna().all().all()
     assert inter.cluster.notna().all() and inter.assoc_precision.notna().all()
