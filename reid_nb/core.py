@@ -14,7 +14,8 @@ import torch
 
 # %% auto #0
 __all__ = ['seed_everything', 'seed_worker', 'get_device', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
-           'atomic_torch_save', 'load_checkpoint', 'ConfigError', 'Config', 'RunDir', 'make_run_dir', 'new_names']
+           'atomic_torch_save', 'load_checkpoint', 'ConfigError', 'Config', 'RunDir', 'make_run_dir', 'new_names',
+           'provenance']
 
 # %% ../nbs/00_core.ipynb #5
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
@@ -226,3 +227,39 @@ def make_run_dir(name: str, config: Config | dict | None = None, root: str | os.
 def new_names(namespace: dict, before: set[str]) -> dict:
     "The public names defined in `namespace` since the snapshot `before` (the parameters cell plus whatever papermill injected)."
     return {k: v for k, v in namespace.items() if k not in before and not k.startswith("_")}
+
+# %% ../nbs/00_core.ipynb
+def _git(root: Path, *args: str) -> str | None:
+    import subprocess
+    try: p = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired): return None
+    return p.stdout.strip() if p.returncode == 0 else None
+
+def _cpu_model() -> str:
+    import platform
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"): return line.split(":", 1)[1].strip()
+    except OSError: pass
+    return platform.processor() or platform.machine()
+
+def provenance(**extra) -> dict:
+    "What produced a result: code (version, git commit, dirty flag), libraries, machine, determinism flags, plus `extra`."
+    import platform, sys, datetime, importlib.metadata as md
+    import reid_nb
+    root = Path(reid_nb.__file__).resolve().parents[1]
+    commit = _git(root, "rev-parse", "HEAD")
+    dirty = None if commit is None else bool(_git(root, "status", "--porcelain", "--untracked-files=no"))
+    def ver(pkg):
+        try: return md.version(pkg)
+        except md.PackageNotFoundError: return None
+    cuda = torch.cuda.is_available()
+    return {"reid_nb": reid_nb.__version__, "git_commit": commit, "git_dirty": dirty, "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "python": platform.python_version(), "platform": platform.platform(),
+            **{k: ver(p) for k, p in (("torch", "torch"), ("torchvision", "torchvision"), ("open_clip", "open_clip_torch"), ("numpy", "numpy"))},
+            "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.version.cuda if cuda else None, "cudnn": torch.backends.cudnn.version() if cuda else None,
+            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": torch.backends.cudnn.deterministic, "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "argv": list(sys.argv), **extra}

@@ -16,7 +16,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .core import (Config, RunDir, atomic_torch_save, atomic_write_json, atomic_write_text, get_device, load_checkpoint,
-                          make_run_dir, seed_everything, seed_worker)
+                          make_run_dir, provenance, seed_everything, seed_worker)
 from .data import DATASETS, ImageDataset, ReIDData, load_dataset
 import reid_nb.synth  # noqa: F401  (registers the synth-* datasets)
 from .metrics import evaluate, evaluate_single_shot
@@ -318,13 +318,19 @@ def transform_config(cfg: TrainConfig) -> TransformConfig:
     "The input pipeline of a run: its image size, with CLIP's normalisation for CLIP backbones and ImageNet's otherwise."
     return TransformConfig(size=tuple(cfg.image_size), norm="clip" if cfg.backbone.startswith(("ViT", "RN", "reid-tiny")) else "imagenet")
 
+def _write_env(rd: RunDir, cfg: TrainConfig, world: int, device: torch.device, origin: dict | None) -> None:
+    "env.json: `provenance()` of this start (with what started it); a resumed run keeps the earlier starts under `previous`."
+    f = rd.path / "env.json"
+    prev = json.loads(f.read_text()) if cfg.resume and f.is_file() else None
+    atomic_write_json(f, {**provenance(device=str(device), world_size=world, **(origin or {})), **({"previous": prev} if prev else {})})
+
 def load_data(cfg: TrainConfig, method_cls: type) -> ReIDData:
     if cfg.dataset not in DATASETS: raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {sorted(DATASETS)}")
     opts = dict(cfg.dataset_opts)
     if method_cls.needs_masks and "label_set" in cfg.method_opts: opts.setdefault("label_set", cfg.method_opts["label_set"])   # masks read as the method reads them
     return load_dataset(cfg.dataset, resolve_path(cfg.data_root), masks=True if method_cls.needs_masks else None, **opts)
 
-def fit(cfg: TrainConfig) -> dict:
+def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
     "Train `cfg.method` on `cfg.dataset`, evaluate every protocol, write runs/<name>/; returns the final metrics."
     load_methods()
     if cfg.method not in METHODS: raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
@@ -338,7 +344,9 @@ def fit(cfg: TrainConfig) -> dict:
     method = method_cls(cfg, data)
     model = method.build_model().to(device)
     rd = RunDir(resolve_path(cfg.out_dir) / cfg.name)
-    if rank == 0: make_run_dir(cfg.name, cfg.replace(resume=False), root=resolve_path(cfg.out_dir), overwrite=not cfg.resume)
+    if rank == 0:
+        make_run_dir(cfg.name, cfg.replace(resume=False), root=resolve_path(cfg.out_dir), overwrite=not cfg.resume)
+        _write_env(rd, cfg, world, device, origin)
     train_tf, test_tf = build_transforms(transform_config(cfg))
     if cfg.batch_size % world or (cfg.batch_size // world) % cfg.num_instances:
         raise ValueError(f"batch_size {cfg.batch_size} must split over {world} rank(s) into multiples of num_instances {cfg.num_instances}")
@@ -447,7 +455,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     d = json.loads(Path(a.config).read_text()) if a.config else {}
     cfg = engine.TrainConfig.from_dict({**d, **parse_sets(a.set)}, source=a.config or "command line")
-    engine.fit(cfg)
+    engine.fit(cfg, origin={"command": "reid-train", "config_file": a.config})
 
 # %% ../nbs/08_engine.ipynb #24
 #| eval: false

@@ -103,7 +103,9 @@ def test_ddp_two_cpu_processes(tmp_path):
     cfg = tiny_cfg(tmp_path, name="ddp", epochs=5, batch_size=32, dataset_opts=DDP_DATA, eval_every=0, sync_bn=True, device="cpu")
     p = _torchrun(cfg, tmp_path / "cfg.json")
     run_dir = Path(cfg.out_dir) / "ddp"
-    assert sorted(x.name for x in run_dir.iterdir()) == ["checkpoints", "config.json", "eval", "log.csv", "metrics.json", "model.pt"]
+    assert sorted(x.name for x in run_dir.iterdir()) == ["checkpoints", "config.json", "env.json", "eval", "log.csv", "metrics.json", "model.pt"]
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["world_size"] == 2 and env["command"] == "reid-train" and env["torch"] and "git_commit" in env
     assert len((run_dir / "log.csv").read_text().splitlines()) == 1 + 5           # one writer: no duplicated rows
     assert p.stdout.count("epoch=1 ") == 1                                         # only rank 0 reports
     ddp = json.loads((run_dir / "metrics.json").read_text())
@@ -124,6 +126,8 @@ def test_train_notebook_with_papermill(data_dir):
                  ("data_root", str(data_dir / "data")), ("out_dir", str(data_dir / "runs")), ("dataset_opts", TINY))
     assert p.returncode == 0, p.stderr[-4000:]
     run_dir = data_dir / "runs" / "pm"
+    env = json.loads((run_dir / "env.json").read_text())                     # provenance: what ran, where, from which parameters
+    assert env["parameters"]["epochs"] == 1 and env["command"].startswith("papermill") and env["cpu_count"] >= 1
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["epochs"] == 1 and set(m["protocols"]) == {"sc", "cc", "sc_single", "cc_single"}
     assert (run_dir / "plots" / "curves.png").is_file()
