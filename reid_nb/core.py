@@ -228,7 +228,7 @@ def new_names(namespace: dict, before: set[str]) -> dict:
     "The public names defined in `namespace` since the snapshot `before` (the parameters cell plus whatever papermill injected)."
     return {k: v for k, v in namespace.items() if k not in before and not k.startswith("_")}
 
-# %% ../nbs/00_core.ipynb
+# %% ../nbs/00_core.ipynb #da7beae2
 def _git(root: Path, *args: str) -> str | None:
     import subprocess
     try: p = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)

@@ -5,14 +5,16 @@
 # %% ../nbs/11_report.ipynb #2
 from __future__ import annotations
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 # %% auto #0
 __all__ = ['IFD_TABLE1', 'IFD_TABLE2', 'CCAFL_TABLE1', 'CCAFL_ABLATION', 'IFD_COLUMNS', 'CCAFL_COLUMNS', 'SYNTH', 'Run',
-           'collect_runs', 'find_run', 'Table', 'ifd_table1', 'ifd_table2', 'ccafl_table1', 'ccafl_ablation']
+           'collect_runs', 'find_run', 'Table', 'ifd_table1', 'ifd_table2', 'ccafl_table1', 'ccafl_ablation',
+           'runs_table', 't975', 'study_summary']
 
 # %% ../nbs/11_report.ipynb #5
 IFD_TABLE1 = {  # (R1, mAP) per column
@@ -51,8 +53,17 @@ class Run:
     config: dict
     metrics: dict
     mtime: float
+    group: list = field(default_factory=list, repr=False)     # this setting's runs over seeds (`find_run` fills it)
     @property
     def variant(self) -> str | None: return self.config.get("method_opts", {}).get("variant")
+    @property
+    def env(self) -> dict:
+        "The run's provenance (`env.json`), {} for runs written before it existed."
+        f = self.path / "env.json"
+        return json.loads(f.read_text()) if f.is_file() else {}
+
+_SEED_FREE = ("name", "seed", "out_dir", "resume")
+def _setting(r: Run) -> dict: return {k: v for k, v in r.config.items() if k not in _SEED_FREE}
 
 def collect_runs(runs_dir: str | Path) -> list[Run]:
     "Every run folder under `runs_dir` with both config.json and metrics.json."
@@ -66,7 +77,11 @@ def find_run(runs: list[Run], method: str, dataset: str, variant: str | None = N
     "The newest run of `method` on `dataset` (and `variant`, where the method has variants)."
     ok = [r for r in runs if r.config.get("method") == method and r.config.get("dataset") == dataset
           and (variant is None or (r.variant or method) == variant)]
-    return max(ok, key=lambda r: r.mtime, default=None)
+    best = max(ok, key=lambda r: r.mtime, default=None)
+    if best is not None:
+        per_seed = {r.config.get("seed"): r for r in sorted(ok, key=lambda r: r.mtime) if _setting(r) == _setting(best)}
+        best.group = sorted(per_seed.values(), key=lambda r: str(r.config.get("seed")))
+    return best
 
 # %% ../nbs/11_report.ipynb #9
 @dataclass
@@ -90,15 +105,22 @@ class Table:
 
     def _repr_markdown_(self): return self.to_markdown()
 
-def _fmt(ours: float | None, paper: float | None) -> str:
+def _fmt(ours: float | tuple | None, paper: float | None) -> str:
+    "One run: `x`; several seeds: `mean ± std (n)`; with the difference of the (mean) value to the paper's."
     if ours is None: return "no run"
-    if paper is None: return f"{ours:.1f}"
-    return f"{ours:.1f} ({ours - paper:+.1f})"
+    m, txt = (ours[0], f"{ours[0]:.1f} ± {ours[1]:.1f} ({ours[2]})") if isinstance(ours, tuple) else (ours, f"{ours:.1f}")
+    return txt if paper is None else f"{txt} ({m - paper:+.1f})"
 
-def _metric(run: Run | None, protocol: str, key: str) -> float | None:
+def _metric(run: Run | None, protocol: str, key: str) -> float | tuple | None:
+    "The run's value in percent, or (mean, std, n) over its setting's seeds."
     if run is None: return None
-    p = run.metrics.get("protocols", {}).get(protocol)
-    return None if p is None or key not in p else 100 * p[key]
+    vals = [100 * p[key] for r in (run.group or [run]) if (p := r.metrics.get("protocols", {}).get(protocol)) and key in p]
+    if not vals: return None
+    return vals[0] if len(vals) == 1 else (float(np.mean(vals)), float(np.std(vals, ddof=1)), len(vals))
+
+def _which(run: Run) -> str:
+    g = run.group or [run]
+    return f"run {run.name}" if len(g) == 1 else f"runs {', '.join(r.name for r in g)} ({len(g)} seeds)"
 
 def _data_note(synthetic: bool) -> str:
     return ("data: the built-in synthetic sets (synth-*), not comparable to the paper's numbers" if synthetic
@@ -115,7 +137,7 @@ def ifd_table1(runs: list[Run], synthetic: bool = False, prcc: str = "multi") ->
     for c, (ds, prot) in IFD_COLUMNS.items():
         run = find_run(runs, "ifd", SYNTH.get(ds, ds) if synthetic else ds, "ifd")
         if ds == "prcc" and prcc == "single": prot += "_single"
-        if run: used.append(f"{c}: run {run.name}")
+        if run: used.append(f"{c}: {_which(run)}")
         for i, k in enumerate(("R1", "mAP")): ours[f"{c} {k}"] = _fmt(_metric(run, prot, k), IFD_TABLE1["IFD (paper)"][c][i])
     rows["IFD (ours)"] = ours
     proto = "PRCC multi-shot (gallery: all of camera A)" if prcc == "multi" else "PRCC single-shot (one image per id, mean of 10 trials)"
@@ -130,7 +152,7 @@ def ifd_table2(runs: list[Run], synthetic: bool = False) -> Table:
         for c, (r1, mp) in cols.items():
             ds, prot = IFD_COLUMNS[c]
             run = find_run(runs, "ifd", SYNTH.get(ds, ds) if synthetic else ds, v)
-            if run: used.append(f"{v} / {c}: run {run.name}")
+            if run: used.append(f"{v} / {c}: {_which(run)}")
             row[f"{c} R1 paper"], row[f"{c} R1 ours"] = f"{r1:.1f}", _fmt(_metric(run, prot, "R1"), r1)
             row[f"{c} mAP paper"], row[f"{c} mAP ours"] = f"{mp:.1f}", _fmt(_metric(run, prot, "mAP"), mp)
         rows[v] = row
@@ -145,7 +167,7 @@ def ccafl_table1(runs: list[Run], synthetic: bool = False) -> Table:
     ours = {}
     for c, ds in CCAFL_COLUMNS.items():
         run = find_run(runs, "ccafl", SYNTH.get(ds, ds) if synthetic else ds, "ccafl")
-        if run: used.append(f"{c}: run {run.name}")
+        if run: used.append(f"{c}: {_which(run)}")
         for i, k in enumerate(keys): ours[f"{c} {k}"] = _fmt(_metric(run, "standard", k), CCAFL_TABLE1["CCAFL (paper)"][c][i])
     rows["CCAFL (ours)"] = ours
     return Table("CCAFL Table I — intra-camera supervised, mAP / R1 / R5 / R10 (%), ours (difference to the paper)",
@@ -159,10 +181,44 @@ def ccafl_ablation(runs: list[Run], synthetic: bool = False) -> Table:
         for c in ("Market-1501", "MSMT17"):
             ds = CCAFL_COLUMNS[c]
             run = find_run(runs, "ccafl", SYNTH.get(ds, ds) if synthetic else ds, v)
-            if run: used.append(f"{v} / {c}: run {run.name}")
+            if run: used.append(f"{v} / {c}: {_which(run)}")
             p = cols.get(c)
             row[f"{c} mAP paper"] = "-" if p is None else f"{p:.1f}"
             row[f"{c} mAP ours"] = _fmt(_metric(run, "standard", "mAP"), p)
         rows[v] = row
     return Table("CCAFL ablation — mAP (%); paper numbers from a secondary source, unverified", pd.DataFrame(rows).T,
                  [_data_note(synthetic), *used])
+
+# %% ../nbs/11_report.ipynb
+def runs_table(runs: list[Run]) -> Table:
+    "One row per run: what it trained and where it came from (commit, torch, device, machine, start time)."
+    rows = {}
+    for r in sorted(runs, key=lambda r: r.name):
+        e, c = r.env, r.config
+        commit = (e.get("git_commit") or "?")[:10] + ("*" if e.get("git_dirty") else "") if e else "no env.json"
+        rows[r.name] = {"method": c.get("method"), "variant": r.variant or "-", "dataset": c.get("dataset"), "seed": c.get("seed"),
+                        "epochs": c.get("epochs"), "commit": commit, "torch": e.get("torch", "?"), "device": e.get("device", "?"),
+                        "machine": ", ".join(e.get("gpus") or []) or e.get("cpu", "?"), "started": e.get("time", "?")}
+    return Table("Runs — what each trained and where it came from (* = uncommitted changes)", pd.DataFrame(rows).T,
+                 ["provenance: env.json of each run folder"])
+
+# %% ../nbs/11_report.ipynb
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110,
+         2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]   # t quantile 0.975, df 1..30
+
+def t975(df: int) -> float: return _T975[df - 1] if df <= 30 else 1.96 + 2.4 / df     # the tail: within 0.005 of the exact value
+
+def study_summary(values: dict[str, dict], base: str) -> pd.DataFrame:
+    "values[variant][seed] = metric -> per variant: mean, std, n, and vs `base`: paired mean difference, 95% interval, wins."
+    rows = {}
+    for v, by_seed in values.items():
+        x = np.array(list(by_seed.values()), float)
+        row = {"mean": x.mean(), "std": x.std(ddof=1) if len(x) > 1 else np.nan, "n": len(x)}
+        common = [s for s in by_seed if s in values[base]]
+        if v != base and common:
+            d = np.array([by_seed[s] - values[base][s] for s in common], float)
+            half = t975(len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.nan
+            row.update({f"diff vs {base}": d.mean(), "ci95 low": d.mean() - half, "ci95 high": d.mean() + half,
+                        "wins": f"{int((d > 0).sum())}/{len(d)}"})
+        rows[v] = row
+    return pd.DataFrame(rows).T

@@ -34,19 +34,29 @@ def test_ifd_needs_masks(tmp_path):
         fit(make_config("ifd", "folder", data_root=str(tmp_path / "folder"), out_dir=str(tmp_path / "runs"), epochs=2))
 
 def test_ablation_notebook(tmp_path):
+    "Two variants x two seeds: a run each, the study summary (mean, std, paired difference, 95% interval, wins), seeds in the report."
     out = tmp_path / "abl.ipynb"
     tp = {"epochs": 2, "batch_size": 16, "num_instances": 4, "image_size": [64, 32], "eval_every": 0,
           "dataset_opts": {"n_train_ids": 4, "n_test_ids": 3, "images_per_cam": 2}}
     p = subprocess.run([str(BIN / "papermill"), str(ROOT / "nbs" / "ablation.ipynb"), str(out), "-k", "python3",
                         "-p", "data_root", str(tmp_path / "data"), "-p", "out_dir", str(tmp_path / "runs"),
-                        "-y", json.dumps({"variants": ["baseline", "ifd"], "train_params": tp})], capture_output=True, text=True, timeout=900)
+                        "-y", json.dumps({"variants": ["baseline", "ifd"], "seeds": [0, 1], "train_params": tp})], capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     summary = json.loads((tmp_path / "runs" / "ablation.json").read_text())
-    assert set(summary["variants"]) == {"baseline", "ifd"}
+    assert set(summary["variants"]) == {"baseline", "ifd"} and summary["seeds"] == [0, 1]
     for v in ("baseline", "ifd"):
-        m = json.loads((tmp_path / "runs" / f"ablation-{v}" / "metrics.json").read_text())
-        assert m["method"] == "ifd" and "cc" in m["protocols"]
-        assert json.loads((tmp_path / "runs" / f"ablation-{v}" / "config.json").read_text())["method_opts"]["variant"] == v
+        for s in (0, 1):
+            run = tmp_path / "runs" / f"ablation-{v}-s{s}"
+            m, c = json.loads((run / "metrics.json").read_text()), json.loads((run / "config.json").read_text())
+            assert m["method"] == "ifd" and "cc" in m["protocols"] and c["method_opts"]["variant"] == v and c["seed"] == s
+    cc = summary["summary"]["cc"]
+    runs = {v: [100 * summary["variants"][v][s]["protocols"]["cc"]["mAP"] for s in ("0", "1")] for v in ("baseline", "ifd")}
+    assert abs(cc["ifd"]["mean"] - sum(runs["ifd"]) / 2) < 1e-9 and cc["ifd"]["n"] == 2
+    assert abs(cc["ifd"]["diff vs baseline"] - (sum(runs["ifd"]) - sum(runs["baseline"])) / 2) < 1e-9
+    assert cc["ifd"]["ci95 low"] <= cc["ifd"]["diff vs baseline"] <= cc["ifd"]["ci95 high"] and cc["ifd"]["wins"].endswith("/2")
+    from reid_nb.report import collect_runs, find_run, ifd_table2
+    assert len(find_run(collect_runs(tmp_path / "runs"), "ifd", "synth-prcc", "ifd").group) == 2     # the report sees both seeds
+    assert "± " in ifd_table2(collect_runs(tmp_path / "runs"), synthetic=True).df.loc["ifd", "PRCC CC mAP ours"]
     bad = subprocess.run([str(BIN / "papermill"), str(ROOT / "nbs" / "ablation.ipynb"), str(tmp_path / "bad.ipynb"), "-k", "python3",
                           "-y", json.dumps({"variants": ["nope"]}), "-p", "out_dir", str(tmp_path / "runs2")], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown variant" in bad.stderr + (tmp_path / "bad.ipynb").read_text()
