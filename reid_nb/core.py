@@ -26,11 +26,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
     if deterministic:
-        # cuDNN autotuning picks kernels by timing: off for bitwise repeatability
+        # cuDNN autotuning picks kernels by timing: off for bitwise repeatability; cuBLAS needs a fixed workspace
         torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic)             # no warn_only: a non-deterministic op is an error naming it
     g = torch.Generator()
     g.manual_seed(seed)
     return g

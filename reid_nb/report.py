@@ -189,7 +189,7 @@ def ccafl_ablation(runs: list[Run], synthetic: bool = False) -> Table:
     return Table("CCAFL ablation — mAP (%); paper numbers from a secondary source, unverified", pd.DataFrame(rows).T,
                  [_data_note(synthetic), *used])
 
-# %% ../nbs/11_report.ipynb
+# %% ../nbs/11_report.ipynb #e90e46f6
 def runs_table(runs: list[Run]) -> Table:
     "One row per run: what it trained and where it came from (commit, torch, device, machine, start time)."
     rows = {}
@@ -202,7 +202,7 @@ def runs_table(runs: list[Run]) -> Table:
     return Table("Runs — what each trained and where it came from (* = uncommitted changes)", pd.DataFrame(rows).T,
                  ["provenance: env.json of each run folder"])
 
-# %% ../nbs/11_report.ipynb
+# %% ../nbs/11_report.ipynb #ad04715d
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110,
          2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]   # t quantile 0.975, df 1..30
 
