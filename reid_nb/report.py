@@ -221,4 +221,6 @@ def study_summary(values: dict[str, dict], base: str) -> pd.DataFrame:
             row.update({f"diff vs {base}": d.mean(), "ci95 low": d.mean() - half, "ci95 high": d.mean() + half,
                         "wins": f"{int((d > 0).sum())}/{len(d)}"})
         rows[v] = row
-    return pd.DataFrame(rows).T
+    df = pd.DataFrame(rows).T
+    df["n"] = df["n"].astype(int)
+    return df

@@ -19,7 +19,7 @@ DDP_BOUNDS = {"sc": 0.22, "cc": 0.43}
 
 def tiny_cfg(tmp, **kw):
     base = dict(data_root=str(tmp / "data"), out_dir=str(tmp / "runs"), epochs=4, batch_size=16, num_instances=4,
-                image_size=(64, 32), dataset_opts=TINY, progress=False, eval_every=2)
+                image_size=(64, 32), dataset_opts=TINY, progress=False, eval_every=2, device="cpu")   # tests mean the CPU
     return make_config("baseline", "synth-prcc", **{**base, **kw})
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def _pm(tmp, *params):
 
 def test_train_notebook_with_papermill(data_dir):
     p, out = _pm(data_dir, ("name", "pm"), ("epochs", 1), ("batch_size", 16), ("image_size", [64, 32]), ("eval_every", 0),
-                 ("data_root", str(data_dir / "data")), ("out_dir", str(data_dir / "runs")), ("dataset_opts", TINY))
+                 ("data_root", str(data_dir / "data")), ("out_dir", str(data_dir / "runs")), ("dataset_opts", TINY), ("device", "cpu"))
     assert p.returncode == 0, p.stderr[-4000:]
     run_dir = data_dir / "runs" / "pm"
     env = json.loads((run_dir / "env.json").read_text())                     # provenance: what ran, where, from which parameters

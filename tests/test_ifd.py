@@ -31,12 +31,12 @@ def test_ifd_needs_masks(tmp_path):
             f = tmp_path / "folder" / split / pid / "a.jpg"; f.parent.mkdir(parents=True)
             from PIL import Image; Image.new("RGB", (32, 64)).save(f)
     with pytest.raises(FileNotFoundError, match="masks=True"):
-        fit(make_config("ifd", "folder", data_root=str(tmp_path / "folder"), out_dir=str(tmp_path / "runs"), epochs=2))
+        fit(make_config("ifd", "folder", data_root=str(tmp_path / "folder"), out_dir=str(tmp_path / "runs"), epochs=2, device="cpu"))
 
 def test_ablation_notebook(tmp_path):
     "Two variants x two seeds: a run each, the study summary (mean, std, paired difference, 95% interval, wins), seeds in the report."
     out = tmp_path / "abl.ipynb"
-    tp = {"epochs": 2, "batch_size": 16, "num_instances": 4, "image_size": [64, 32], "eval_every": 0,
+    tp = {"epochs": 2, "batch_size": 16, "num_instances": 4, "image_size": [64, 32], "eval_every": 0, "device": "cpu",
           "dataset_opts": {"n_train_ids": 4, "n_test_ids": 3, "images_per_cam": 2}}
     p = subprocess.run([str(BIN / "papermill"), str(ROOT / "nbs" / "ablation.ipynb"), str(out), "-k", "python3",
                         "-p", "data_root", str(tmp_path / "data"), "-p", "out_dir", str(tmp_path / "runs"),

@@ -6,7 +6,7 @@ from conftest import ROOT, BIN
 
 def test_report_notebook(tmp_path):
     common = dict(data_root=str(tmp_path / "data"), out_dir=str(tmp_path / "runs"), epochs=2, batch_size=16, num_instances=4,
-                  image_size=(64, 32), dataset_opts=dict(n_train_ids=5, n_test_ids=4, images_per_cam=3), progress=False)
+                  image_size=(64, 32), dataset_opts=dict(n_train_ids=5, n_test_ids=4, images_per_cam=3), progress=False, device="cpu")
     ifd = fit(make_config("ifd", "synth-prcc", name="ifd", **common))
     fit(make_config("ifd", "synth-prcc", name="ifd-base", method_opts={"variant": "baseline"}, **common))
     fit(make_config("baseline", "synth-prcc", name="base", **common))
