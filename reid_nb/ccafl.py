@@ -141,7 +141,7 @@ def ical_adversarial_loss(cos: torch.Tensor, own: torch.Tensor, pos_mask: torch.
 
 # %% ../nbs/13_ccafl.ipynb #18
 from dataclasses import dataclass
-from .core import Config
+from .core import Config, is_distributed
 from .backbones import GeM, build_clip
 from .data import intra_camera_labels
 import torch.distributed as dist
@@ -283,7 +283,7 @@ def _supcon_dot(logits: torch.Tensor, la: torch.Tensor, lb: torch.Tensor) -> tor
 
 def _gather(t: torch.Tensor) -> torch.Tensor:
     "All ranks' rows of `t` (same shape on every rank) under DDP; `t` itself otherwise."
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return t
+    if not is_distributed(): return t
     out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(out, t.contiguous())
     return torch.cat(out)
@@ -384,8 +384,7 @@ def _step_ical_classifier(self: CCAFL, m, fn: torch.Tensor, y: torch.Tensor) -> 
     with torch.autocast(fn.device.type, enabled=False):
         loss = F.cross_entropy(self.opts.ical_scale * fn.detach().float() @ F.normalize(W, dim=1).T, y)
     grad, = torch.autograd.grad(loss, [W])
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(grad); grad /= dist.get_world_size()
+    if is_distributed(): dist.all_reduce(grad); grad /= dist.get_world_size()
     W.grad = grad; self._ical_opt.step(); W.grad = None
     return loss.detach()
 

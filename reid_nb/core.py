@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['seed_everything', 'seed_worker', 'get_device', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
-           'atomic_torch_save', 'load_checkpoint', 'ConfigError', 'Config', 'RunDir', 'make_run_dir', 'new_names',
-           'provenance']
+__all__ = ['seed_everything', 'seed_worker', 'get_device', 'is_distributed', 'atomic_write_bytes', 'atomic_write_text',
+           'atomic_write_json', 'atomic_torch_save', 'load_checkpoint', 'ConfigError', 'Config', 'RunDir',
+           'make_run_dir', 'new_names', 'provenance']
 
 # %% ../nbs/00_core.ipynb #5
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
@@ -58,6 +58,11 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
             raise RuntimeError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
     if d.type == "mps" and not torch.backends.mps.is_available(): raise RuntimeError("device 'mps' asked for, but MPS is not available")
     return d
+
+def is_distributed() -> bool:
+    "Whether this process is one of several DDP ranks (a process group with more than one member)."
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 # %% ../nbs/00_core.ipynb #13
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -16,7 +16,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .core import (Config, RunDir, atomic_torch_save, atomic_write_json, atomic_write_text, get_device, load_checkpoint,
-                          make_run_dir, provenance, seed_everything, seed_worker)
+                          is_distributed, make_run_dir, provenance, seed_everything, seed_worker)
 from .data import DATASETS, ImageDataset, ReIDData, load_dataset
 import reid_nb.synth  # noqa: F401  (registers the synth-* datasets)
 from .metrics import evaluate, evaluate_single_shot
@@ -274,13 +274,11 @@ def _dist_setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:
 def _barrier():
     if dist.is_initialized(): dist.barrier()
 
-def _distributed() -> bool: return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     "BatchNorm (1d/2d) whose training statistics are the whole global batch's, across DDP ranks (gloo or NCCL); plain BN otherwise."
     def _check_input_dim(self, x): pass
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and _distributed()): return super().forward(x)
+        if not (self.training and is_distributed()): return super().forward(x)
         from torch.distributed.nn.functional import all_reduce        # differentiable: gradients flow to every rank's samples
         x = x.float()
         dims, shape = [0, *range(2, x.dim())], (1, -1) + (1,) * (x.dim() - 2)

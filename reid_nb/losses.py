@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .core import is_distributed
 
 # %% auto #0
 __all__ = ['label_smoothed_ce', 'pairwise_euclidean', 'triplet_loss', 'supcon_loss', 'CenterLoss']
@@ -27,7 +28,7 @@ def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
 def _all_ranks(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     "Every DDP rank's rows (differentiable), their labels, and the offset of this rank's rows; (x, labels, 0) outside DDP."
     import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1): return x, labels, 0
+    if not is_distributed(): return x, labels, 0
     from torch.distributed.nn.functional import all_gather
     ys = [torch.empty_like(labels) for _ in range(dist.get_world_size())]; dist.all_gather(ys, labels)
     return torch.cat(all_gather(x)), torch.cat(ys), dist.get_rank() * len(x)
