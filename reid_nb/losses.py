@@ -20,10 +20,10 @@ def label_smoothed_ce(logits: torch.Tensor, targets: torch.Tensor, epsilon: floa
     return -(q * logp).sum(1).mean()
 
 # %% ../nbs/06_losses.ipynb #8
-def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
-    "(N, N) Euclidean distances, clamped for a stable gradient at 0."
-    d = (x * x).sum(1, keepdim=True)
-    return (d + d.T - 2 * x @ x.T).clamp(min=1e-12).sqrt()
+def pairwise_euclidean(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    "(N, M) Euclidean distances from the rows of `x` to those of `y` (default `x`), clamped for a stable gradient at 0."
+    y = x if y is None else y
+    return ((x * x).sum(1, keepdim=True) + (y * y).sum(1)[None] - 2 * x @ y.T).clamp(min=1e-12).sqrt()
 
 def _all_ranks(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     "Every DDP rank's rows (differentiable), their labels, and the offset of this rank's rows; (x, labels, 0) outside DDP."
@@ -38,7 +38,7 @@ def triplet_loss(feats: torch.Tensor, labels: torch.Tensor, margin: float = 0.3,
     "Batch-hard triplet loss (anchors without a positive or a negative in the batch are skipped); see `all_ranks` above."
     x = F.normalize(feats.float(), dim=1) if normalize else feats.float()
     g, gl, off = _all_ranks(x, labels) if all_ranks else (x, labels, 0)
-    d = (x.pow(2).sum(1, keepdim=True) + g.pow(2).sum(1)[None] - 2 * x @ g.T).clamp(min=1e-12).sqrt()    # (n, N)
+    d = pairwise_euclidean(x, g)                                        # (n, N): local anchors against every rank's samples
     same = labels[:, None] == gl[None]
     eye = torch.zeros_like(same); eye[torch.arange(len(x)), off + torch.arange(len(x))] = True
     pos, neg = same & ~eye, ~same
