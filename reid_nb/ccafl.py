@@ -295,20 +295,23 @@ def prompt_lr(epoch: int, base: float, epochs: int, warmup: int = 5, warmup_init
 
 # %% ../nbs/13_ccafl.ipynb #7568ed1c
 @patch
-def _train_feats(self: CCAFL, m) -> torch.Tensor:
-    "Normalised BN features of every training image (test transform, no flip): what the association and memories start from."
+def _pass_over_train(self: CCAFL, m, method: Method) -> torch.Tensor:
+    "`method.features` of every training image, with the test transform and no flip: the per-epoch passes over the training set."
     _, tf = build_transforms(transform_config(self.cfg))
-    dev = next(m.parameters()).device
-    return F.normalize(extract_features(self, m, self.data.train, tf, self.cfg.replace(flip_test=False), dev), dim=1)
+    return extract_features(method, m, self.data.train, tf, self.cfg.replace(flip_test=False), next(m.parameters()).device)
+
+@patch
+def _train_feats(self: CCAFL, m) -> torch.Tensor:
+    "Normalised BN features of every training image: what the association and memories start from."
+    return F.normalize(self._pass_over_train(m, self), dim=1)
 
 @patch
 def _learn_prompts(self: CCAFL, m):
     "Stage 1: encoders frozen, image features cached once; per camera SupCon image->text + text->image, summed over cameras."
     o, dev = self.opts, next(m.parameters()).device
-    _, tf = build_transforms(transform_config(self.cfg))
     class _Proj(Method):
         def features(s, model, batch): return model.encode(batch["img"])[1]
-    img = extract_features(_Proj(self.cfg, self.data), m, self.data.train, tf, self.cfg.replace(flip_test=False), dev).to(dev)
+    img = self._pass_over_train(m, _Proj(self.cfg, self.data)).to(dev)
     y, cams = torch.as_tensor(self.ics.cls, device=dev), torch.as_tensor(self.ics.cam, device=dev)
     frozen = [p for p in m.clip.parameters() if p.requires_grad]
     for p in frozen: p.requires_grad_(False)                   # only the contexts learn: no gradients for the towers' weights
