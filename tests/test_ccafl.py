@@ -11,8 +11,7 @@ from reid_nb.data import load_dataset, ImageDataset, intra_camera_labels
 from reid_nb.transforms import TransformConfig, build_transforms
 from conftest import chance_map
 
-DATA = dict(n_train_ids=16, n_test_ids=16, n_cams=4, cams_per_id=3, images_per_cam=4, camera_bias=0.5)
-CCAFL_OPTS = dict(prompt_epochs=10, icdl_epochs=2, cluster_text_start=3, ical_start=9, ical_end=12, assoc_rate=1.0)
+from seed_study import CC_DATA as DATA, CC_OPTS as CCAFL_OPTS      # the setting the figures below were measured at
 
 def cfg(tmp, variant, **kw):
     return make_config("ccafl", "synth-market", name=variant, backbone="reid-tiny-rn", data_root=str(tmp / "data"), out_dir=str(tmp / "runs"),

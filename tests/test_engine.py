@@ -69,7 +69,7 @@ def _torchrun(cfg, path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p
 
-DDP_DATA = dict(n_train_ids=12, n_test_ids=8, images_per_cam=4)
+from seed_study import DDP_DATA                                      # the setting DDP_BOUNDS was measured at
 
 def test_ddp_step_equals_single_process_step(tmp_path):
     "One SGD step of the baseline (ID + triplet) on 2 gloo ranks with sync_bn = one step of one process on the same global batch."

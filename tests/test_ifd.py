@@ -9,7 +9,7 @@ from reid_nb.engine import fit, make_config
 from reid_nb.data import load_dataset
 from conftest import ROOT, BIN, chance_map
 
-IFD_DATA = dict(n_train_ids=20, n_test_ids=20, images_per_cam=4)
+from seed_study import IFD_DATA                                      # the setting the figures below were measured at
 
 def test_ifd_end_to_end_on_clothes_changing(tmp_path):
     cfg = make_config("ifd", "synth-prcc", name="ifd", data_root=str(tmp_path / "data"), out_dir=str(tmp_path / "runs"), epochs=8,
