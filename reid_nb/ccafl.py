@@ -242,6 +242,8 @@ class CCAFL(Method):
         if self.opts.text_logits not in ("dot", "cosine"): raise ValueError(f"text_logits={self.opts.text_logits!r} is not 'dot' or 'cosine'")
         if self.opts.sampler not in ("pk", "camera"): raise ValueError(f"sampler={self.opts.sampler!r} is not 'pk' or 'camera'")
         self.use_icdl, self.use_ical, self.use_text, self.inter = VARIANT_SWITCHES[self.opts.variant]
+        self.pseudo, self._log, self._pending, self._ical_opt, self._ical_state = None, {}, [], None, None
+        if data is None: return                                # for_inference: the model only
         self.ics = intra_camera_labels(data.train)
         self.num_classes = self.ics.num_classes
         self.cls_cam = torch.as_tensor(self.ics.cls_cam)
@@ -249,7 +251,6 @@ class CCAFL(Method):
         self.offset = {c: int(np.flatnonzero(self.ics.cls_cam == c)[0]) for c in self.cams}
         self.n_cam_cls = {c: int((self.ics.cls_cam == c).sum()) for c in self.cams}
         self.class_true = np.array([np.bincount(self.ics.true_pid[self.ics.cls == k]).argmax() for k in range(self.num_classes)])
-        self.pseudo, self._log, self._pending, self._ical_opt, self._ical_state = None, {}, [], None, None
 
     def build_model(self): return CCAFLNet(self.cfg.backbone, self.cfg.weights, self.cfg.image_size, self.num_classes, self.opts.n_ctx)
     def train_labels(self): return self.ics.cls.tolist()

@@ -24,10 +24,10 @@ from .samplers import EpochBatchSampler, RandomIdentitySampler
 from .transforms import TransformConfig, build_transforms
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_MODULES', 'TrainConfig', 'project_root', 'resolve_path', 'Stage', 'Method', 'load_methods',
-           'register_method', 'build_optimizer', 'lr_factor', 'stage_optimizer', 'extract_features',
-           'evaluate_protocols', 'write_log', 'GlobalBatchNorm', 'convert_sync_bn', 'transform_config', 'load_data',
-           'fit', 'parse_sets', 'main', 'make_config']
+__all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'TrainConfig', 'project_root', 'resolve_path', 'Stage', 'Method',
+           'load_methods', 'register_method', 'build_optimizer', 'lr_factor', 'stage_optimizer', 'extract_features',
+           'evaluate_protocols', 'write_log', 'GlobalBatchNorm', 'convert_sync_bn', 'transform_config', 'model_spec',
+           'load_data', 'fit', 'parse_sets', 'main', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -105,9 +105,17 @@ class Method:
     presets: dict = {}                       # preset name -> TrainConfig overrides (e.g. "paper")
     label_set: str = "lip"                   # label set of the parsing masks, for `masked_img` in the batches
 
-    def __init__(self, cfg: TrainConfig, data: ReIDData):
+    def __init__(self, cfg: TrainConfig, data: ReIDData | None):
+        "`data=None`: the method without its training set, enough to build the model and compute features (`for_inference`)."
         self.cfg, self.data = cfg, data
-        self.num_classes = data.num_train_pids
+        self.num_classes = data.num_train_pids if data is not None else 0
+
+    @classmethod
+    def for_inference(cls, cfg: TrainConfig, spec: dict) -> "Method":
+        "The method rebuilt from a run's `model.json` (`model_spec`) instead of its training data."
+        m = cls(cfg, None)
+        m.num_classes = int(spec["num_classes"])
+        return m
 
     def build_model(self) -> nn.Module: raise NotImplementedError
     def stages(self) -> list[Stage]: return [Stage("main", self.cfg.epochs)]
@@ -213,7 +221,7 @@ def evaluate_protocols(method: Method, model: nn.Module, data: ReIDData, transfo
         g = torch.Generator().manual_seed(cfg.seed)
         idx = torch.randperm(len(alls), generator=g)[:n_embed].sort().values
         ids = _ids([alls[i] for i in idx.tolist()])
-        atomic_torch_save({"features": torch.nn.functional.normalize(allf[idx], dim=1),
+        atomic_torch_save({"features": torch.nn.functional.normalize(allf[idx], dim=1), "paths": [alls[i].path for i in idx.tolist()],
                            **{k: torch.as_tensor(v) for k, v in zip(("pid", "camid", "clothes"), ids)}}, artifacts / "embedding_sample.pt")
     return res
 
@@ -316,6 +324,15 @@ def transform_config(cfg: TrainConfig) -> TransformConfig:
     "The input pipeline of a run: its image size, with CLIP's normalisation for CLIP backbones and ImageNet's otherwise."
     return TransformConfig(size=tuple(cfg.image_size), norm="clip" if cfg.backbone.startswith(("ViT", "RN", "reid-tiny")) else "imagenet")
 
+MODEL_FORMAT = 1                             # model.json's format: load_model refuses another
+
+def model_spec(method: Method, model: nn.Module) -> dict:
+    "What rebuilding `model` takes beyond the run's config.json (its run folder's model.json; see `reid_nb.inference`)."
+    from reid_nb import __version__
+    return {"format": MODEL_FORMAT, "reid_nb": __version__, "method": method.name, "num_classes": method.num_classes,
+            # OpenAI's CLIP weights come with QuickGELU: an architecture choice that no tensor in model.pt records
+            "quick_gelu": any(type(m).__name__ == "QuickGELU" for m in model.modules())}
+
 def _write_env(rd: RunDir, cfg: TrainConfig, world: int, device: torch.device, origin: dict | None) -> None:
     "env.json: `provenance()` of this start (with what started it); a resumed run keeps the earlier starts under `previous`."
     f = rd.path / "env.json"
@@ -345,7 +362,8 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
     if rank == 0:
         make_run_dir(cfg.name, cfg.replace(resume=False), root=resolve_path(cfg.out_dir), overwrite=not cfg.resume)
         _write_env(rd, cfg, world, device, origin)
-    train_tf, test_tf = build_transforms(transform_config(cfg))
+        atomic_write_json(rd.path / "model.json", model_spec(method, model))
+    train_tf, test_tf = build_transforms(transform_config(cfg), method.label_set)   # a flipped mask swaps left/right in its own label set
     if cfg.batch_size % world or (cfg.batch_size // world) % cfg.num_instances:
         raise ValueError(f"batch_size {cfg.batch_size} must split over {world} rank(s) into multiples of num_instances {cfg.num_instances}")
     sampler = method.sampler(cfg.batch_size, num_replicas=world, rank=rank)     # global batches, each rank its slice

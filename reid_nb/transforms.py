@@ -22,7 +22,8 @@ __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'NORMS', 'T
 # %% ../nbs/02_transforms.ipynb #5
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
+NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD),
+         "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}     # RGB in [0, 1]: for models that normalise inside (reid_nb.inference)
 
 @dataclass
 class TransformConfig(Config):
@@ -50,7 +51,7 @@ def _erase_box(h: int, w: int, scale, ratio, gen: torch.Generator | None) -> tup
     return None
 
 class PairTransform:
-    "Transform an (image, mask) pair: PIL image + optional (H, W) label array -> (3,h,w) float tensor, (h,w) long tensor or None."
+    "(image, mask) -> ((3,h,w) float tensor, (h,w) long tensor or None); the image a PIL image or a (3,H,W) uint8 / [0, 1] float tensor."
     def __init__(self, cfg: TransformConfig = TransformConfig(), train: bool = True, label_set: str | LabelSet = "lip"):
         if cfg.norm not in NORMS: raise ValueError(f"norm {cfg.norm!r} is not one of {list(NORMS)}")
         self.cfg, self.train = cfg, train
@@ -59,7 +60,10 @@ class PairTransform:
 
     def __call__(self, img: Image.Image, mask: np.ndarray | None = None, gen: torch.Generator | None = None):
         c = self.cfg
-        x = TF.pil_to_tensor(img)                                           # (3,H,W) uint8
+        x = img if isinstance(img, torch.Tensor) else TF.pil_to_tensor(img)  # (3,H,W) uint8 (or float in [0, 1])
+        if x.ndim != 3 or x.shape[0] != 3 or min(x.shape[1:]) < 1:
+            raise ValueError(f"expected an RGB image tensor of shape (3, H, W), got {tuple(x.shape)}")
+        scale = 255 if x.dtype == torch.uint8 else 1
         m = None if mask is None else torch.as_tensor(np.asarray(mask)).long()[None]
         if m is not None and m.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"mask is {tuple(m.shape[-2:])} but image is {tuple(x.shape[-2:])} (H, W)")
@@ -75,7 +79,7 @@ class PairTransform:
             if torch.rand(1, generator=gen).item() < c.flip_p:
                 x = x.flip(-1)
                 if m is not None: m = self.flip_perm[m.flip(-1)]
-        x = (x.float() / 255 - self.mean) / self.std
+        x = (x.float() / scale - self.mean) / self.std
         if self.train and torch.rand(1, generator=gen).item() < c.erase_p:
             box = _erase_box(c.size[0], c.size[1], c.erase_scale, c.erase_ratio, gen)
             if box is not None: i, j, h, w = box; x[:, i:i + h, j:j + w] = 0

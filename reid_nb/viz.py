@@ -20,8 +20,8 @@ from .core import load_checkpoint
 from .report import Run
 
 # %% auto #0
-__all__ = ['plot_curves', 'plot_cmc', 'plot_rank_lists', 'plot_embedding', 'camera_probe_accuracy', 'plot_camera_probe',
-           'plot_ifd_attention', 'gradcam', 'plot_gradcam']
+__all__ = ['plot_curves', 'plot_cmc', 'plot_rank_items', 'plot_rank_lists', 'plot_embedding', 'camera_probe_accuracy',
+           'plot_camera_probe', 'plot_ifd_attention', 'gradcam', 'plot_gradcam']
 
 # %% ../nbs/12_viz.ipynb #5
 def plot_curves(run: Run):
@@ -57,18 +57,23 @@ def _bordered(path: str, ok: bool | None, size=(128, 64)) -> np.ndarray:
     out[4:-4, 4:-4] = im
     return out
 
+def plot_rank_items(items: list[dict], title: str = "", top: int = 10):
+    "Rows of query + its first `top` results; items as in rank_lists.json: {query, gallery: [{path, match (True/False/None)}]}."
+    fig, axes = plt.subplots(len(items), top + 1, figsize=((top + 1) * 0.9, len(items) * 1.9), squeeze=False)
+    for i, q in enumerate(items):
+        axes[i, 0].imshow(_bordered(q["query"], None)); axes[i, 0].set_title("query", fontsize=8)
+        for j, g in enumerate(q["gallery"][:top]):
+            axes[i, j + 1].imshow(_bordered(g["path"], g.get("match")))
+            if "distance" in g: axes[i, j + 1].set_title(f"{g['distance']:.3f}", fontsize=7)
+    for a in axes.flat: a.axis("off")
+    fig.suptitle(title); fig.tight_layout()
+    return fig
+
 def plot_rank_lists(run: Run, protocol: str | None = None, n: int = 4):
     "Rows of query + top-10 from the run's eval/rank_lists.json."
     rl = json.loads((run.path / "eval" / "rank_lists.json").read_text())
     protocol = protocol or next(iter(rl))
-    items = rl[protocol][:n]
-    fig, axes = plt.subplots(len(items), 11, figsize=(11 * 0.9, len(items) * 1.9), squeeze=False)
-    for i, q in enumerate(items):
-        axes[i, 0].imshow(_bordered(q["query"], None)); axes[i, 0].set_title("query", fontsize=8)
-        for j, g in enumerate(q["gallery"][:10]): axes[i, j + 1].imshow(_bordered(g["path"], g["match"]))
-    for a in axes.flat: a.axis("off")
-    fig.suptitle(f"{run.name}: {protocol}"); fig.tight_layout()
-    return fig
+    return plot_rank_items(rl[protocol][:n], f"{run.name}: {protocol}")
 
 # %% ../nbs/12_viz.ipynb #9
 def _embedding_sample(run: Run) -> dict:
