@@ -17,10 +17,10 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['EXPECTED_COUNTS', 'IMG_EXTS', 'LIP', 'ATR', 'LABEL_SETS', 'DATASETS', 'PRCC_LAYOUT', 'LTCC_LAYOUT', 'MSMT_LAYOUT',
-           'FOLDER_LAYOUT', 'Sample', 'Protocol', 'ReIDData', 'DatasetLayoutError', 'LabelSet', 'get_label_set',
-           'mask_path_for', 'read_mask', 'clothes_mask', 'mask_clothes', 'register_dataset', 'load_dataset',
-           'load_prcc', 'load_ltcc', 'load_market1501', 'load_dukemtmc', 'load_msmt17', 'load_folder', 'ICSLabels',
-           'intra_camera_labels', 'ImageDataset']
+           'MSMT_VERSIONS', 'MSMT_LISTS', 'FOLDER_LAYOUT', 'Sample', 'Protocol', 'ReIDData', 'DatasetLayoutError',
+           'LabelSet', 'get_label_set', 'mask_path_for', 'read_mask', 'clothes_mask', 'mask_clothes',
+           'register_dataset', 'load_dataset', 'load_prcc', 'load_ltcc', 'load_market1501', 'load_dukemtmc',
+           'load_msmt17', 'load_folder', 'ICSLabels', 'intra_camera_labels', 'ImageDataset']
 
 # %% ../nbs/01_data.ipynb #5
 @dataclass(frozen=True)
@@ -70,31 +70,40 @@ class ReIDData:
             splits.setdefault(f"query ({p.name})" if p.query is not self.query else "query", p.query)
             splits.setdefault(f"gallery ({p.name})" if p.gallery is not self.gallery else "gallery", p.gallery)
         splits.setdefault("query", self.query); splits.setdefault("gallery", self.gallery)
+        test = list({s.path: s for p in self.protocols.values() for lst in (p.query, p.gallery) for s in lst}.values())
+        if len(self.protocols) > 0 and len(test) > max(len(v) for k, v in splits.items() if k != "train"): splits["test (all)"] = test
+        for k, v in self.extra.items():                 # other labelled splits (PRCC's val)
+            if isinstance(v, list) and v and isinstance(v[0], Sample) and not any(v is s for s in splits.values()): splits.setdefault(k, v)
         return [{"split": k, "ids": len({s.pid for s in v}), "images": len(v), "cameras": len({s.camid for s in v}),
                  "outfits": len({(s.pid, s.clothes) for s in v}) if self.has_clothes else None} for k, v in splits.items()]
 
     def summary(self) -> str:
         "A printable table of `split_stats`, with the full release's counts where known."
-        exp = EXPECTED_COUNTS.get(self.name, {})
+        exp = EXPECTED_COUNTS.get(self.extra.get("expected", self.name), {})
         lines = [f"{self.name} at {self.root}" + ("" if self.has_clothes else " (no clothes labels: one outfit per identity)"),
+                 *([f"layout: {self.extra['layout']}"] if "layout" in self.extra else []),
                  f"{'split':<22}{'ids':>7}{'images':>9}{'cameras':>9}{'outfits':>9}"]
         for r in self.split_stats():
             e = exp.get(r["split"])
             lines.append(f"{r['split']:<22}{r['ids']:>7}{r['images']:>9}{r['cameras']:>9}{r['outfits'] if r['outfits'] is not None else '-':>9}"
-                         + (f"   (full release: {e[0]} ids, {e[1]} images)" if e else ""))
+                         + (f"   (full release: {', '.join(f'{n} {w}' for n, w in zip(e, ('ids', 'images')) if n is not None)})" if e else ""))
         for k, v in self.extra.items():
             if k.startswith("skipped") or k == "junk": lines.append(f"{k}: {v}")
         return "\n".join(lines)
 
     def __repr__(self): return self.summary()
 
-# (ids, images) of the full releases, DESIGN.md §2; summary() prints them beside what was read
+# (ids, images) of the full releases, DESIGN.md §2 (None: not published, or not checked against a source here); summary()
+# prints them beside what was read. PRCC's per-camera test counts are left out: CAL's prcc.py counts them at run time and
+# no log of it was at hand to check a figure against; the published total (A + B + C) is 10,800 images of 71 ids.
 EXPECTED_COUNTS = {
-    "prcc": {"train": (150, 17896), "query (sc)": (71, None), "gallery": (71, None)},
+    "prcc": {"train": (150, 17896), "val": (None, 5002), "query (sc)": (71, None), "query": (71, None), "gallery": (71, None),
+             "test (all)": (71, 10800)},
     "ltcc": {"train": (77, 9576), "query": (75, 493), "gallery": (75, 7050)},
     "market1501": {"train": (751, 12936), "query": (750, 3368), "gallery": (751, 15913)},
     "dukemtmc": {"train": (702, 16522), "query": (702, 2228), "gallery": (1110, 17661)},
-    "msmt17": {"train": (1041, 32621), "query": (3060, 11659), "gallery": (3060, 82161)},
+    "msmt17": {"train": (1041, 32621), "query": (3060, 11659), "gallery": (3060, 82161)},            # train = list_train + list_val
+    "msmt17/list_train": {"train": (1041, 30248), "query": (3060, 11659), "gallery": (3060, 82161)}, # merge_val=False (torchreid's default)
 }
 
 # %% ../nbs/01_data.ipynb #8
@@ -106,14 +115,21 @@ class DatasetLayoutError(FileNotFoundError):
 def _layout_error(name: str, root: Path, problem: str, layout: str) -> DatasetLayoutError:
     return DatasetLayoutError(f"{name}: {problem}\nexpected layout under {root}:\n{layout}")
 
-def _resolve_root(name: str, root, dirname: str, must_have: Sequence[str], layout: str) -> Path:
-    "`root` may be the folder holding `dirname` or `dirname` itself; check that `must_have` exist inside."
+def _dataset_dir(name: str, root, dirnames: str | Sequence[str], layout: str, parents: Sequence[str] = ()) -> Path:
+    "The dataset folder: `root/<dirname>`, else torchreid's nesting `root/<parent>/<dirname>`, else `root` itself."
     root = Path(root).expanduser()
     if not root.exists(): raise _layout_error(name, root, f"data root {root} does not exist", layout)
-    base = root / dirname if (root / dirname).is_dir() else root
+    names = [dirnames] if isinstance(dirnames, str) else list(dirnames)
+    return next((c for c in [*(root / d for d in names), *(root / p / d for p in parents for d in names)] if c.is_dir()), root)
+
+def _resolve_root(name: str, root, dirname: str, must_have: Sequence[str], layout: str, parents: Sequence[str] = ()) -> Path:
+    "`_dataset_dir`, checked to hold `must_have`."
+    base = _dataset_dir(name, root, dirname, layout, parents)
     missing = [m for m in must_have if not (base / m).exists()]
     if missing:
-        where = "" if base != root or dirname == "." else f"{root / dirname} does not exist and "
+        root = Path(root).expanduser()
+        looked = [root / dirname, *(root / p / dirname for p in parents)]
+        where = "" if base != root or dirname == "." else f"{' and '.join(map(str, looked))} do{'es' if len(looked) == 1 else ''} not exist and "
         raise _layout_error(name, base, f"{where}{base} lacks {', '.join(missing)}", layout)
     return base
 
@@ -355,12 +371,12 @@ def load_ltcc(root) -> ReIDData:
                     {"general": Protocol("general", query, gallery), "cc": Protocol("cc", query, gallery, "cc")})
 
 # %% ../nbs/01_data.ipynb #23
-def _market_like(name: str, root, dirname: str, n_cams: int) -> ReIDData:
+def _market_like(name: str, root, dirname: str, n_cams: int, parents: Sequence[str] = ()) -> ReIDData:
     layout = f"""  {dirname}/bounding_box_train/<pid>_c<cam>*.jpg
   {dirname}/query/<pid>_c<cam>*.jpg
   {dirname}/bounding_box_test/<pid>_c<cam>*.jpg   (gallery; pid -1 = junk, 0 = distractor)
   {dirname}/masks/...                            (optional)"""
-    base = _resolve_root(name, root, dirname, ["bounding_box_train", "query", "bounding_box_test"], layout)
+    base = _resolve_root(name, root, dirname, ["bounding_box_train", "query", "bounding_box_test"], layout, parents)
     junk = Counter()
     def parse(split):
         raw = []
@@ -369,7 +385,10 @@ def _market_like(name: str, root, dirname: str, n_cams: int) -> ReIDData:
             if not m: raise DatasetLayoutError(f"{name}: file name {f} does not match <pid>_c<cam>*\nexpected layout:\n{layout}")
             pid, cam = int(m.group(1)), int(m.group(2))
             if pid == -1: junk[split] += 1; continue
-            if not 1 <= cam <= n_cams: raise DatasetLayoutError(f"{name}: file {f} has camera {cam}, expected 1..{n_cams}")
+            if not 1 <= cam <= n_cams:
+                hint = ("; cameras up to 15 are MSMT17's: a copy of MSMT17 in the Market layout loads as dataset 'msmt17'"
+                        if name != "msmt17" and cam <= 15 else "")
+                raise DatasetLayoutError(f"{name}: file {f} has camera {cam}, expected 1..{n_cams}{hint}")
             raw.append((str(f), pid, cam - 1))
         return _nonempty(name, split, raw, base / split, layout)
     tr, q, g = parse("bounding_box_train"), parse("query"), parse("bounding_box_test")
@@ -380,21 +399,35 @@ def _market_like(name: str, root, dirname: str, n_cams: int) -> ReIDData:
                     has_clothes=False, extra={"junk": dict(junk)} if junk else {})
 
 @register_dataset("market1501")
-def load_market1501(root) -> ReIDData: return _market_like("market1501", root, "Market-1501-v15.09.15", 6)
+def load_market1501(root) -> ReIDData: return _market_like("market1501", root, "Market-1501-v15.09.15", 6, parents=["market1501"])
 
 @register_dataset("dukemtmc")
-def load_dukemtmc(root) -> ReIDData: return _market_like("dukemtmc", root, "DukeMTMC-reID", 8)
+def load_dukemtmc(root) -> ReIDData: return _market_like("dukemtmc", root, "DukeMTMC-reID", 8, parents=["dukemtmc-reid"])
 
 # %% ../nbs/01_data.ipynb #25
-MSMT_LAYOUT = """  MSMT17_V1/train/<pid>/<pid>_<n>_<cam>_*.jpg
-  MSMT17_V1/test/<pid>/<pid>_<n>_<cam>_*.jpg
+MSMT_LAYOUT = """  MSMT17_V1/train/<pid>/<pid>_<n>_<cam>_*.jpg          (or MSMT17_V2/mask_train_v2/...)
+  MSMT17_V1/test/<pid>/<pid>_<n>_<cam>_*.jpg           (or MSMT17_V2/mask_test_v2/...)
   MSMT17_V1/list_train.txt  list_val.txt  list_query.txt  list_gallery.txt   (lines: <pid>/<file>.jpg <label>)
-  MSMT17_V1/masks/...   (optional)"""
+  MSMT17_V1/masks/...   (optional)
+or, in the Market-1501 layout (the CCAFL authors' copy):
+  MSMT17/bounding_box_train/<pid>_c<cam>_*.jpg   MSMT17/query/...   MSMT17/bounding_box_test/...   (cameras 1..15)"""
+MSMT_VERSIONS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}
+MSMT_LISTS = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")
 
 @register_dataset("msmt17")
 def load_msmt17(root, merge_val: bool = True) -> ReIDData:
-    base = _resolve_root("msmt17", root, "MSMT17_V1", ["train", "test", "list_train.txt", "list_val.txt", "list_query.txt",
-                                                        "list_gallery.txt"], MSMT_LAYOUT)
+    base = _dataset_dir("msmt17", root, [*MSMT_VERSIONS, "MSMT17"], MSMT_LAYOUT, parents=["msmt17"])
+    market = ("bounding_box_train", "query", "bounding_box_test")
+    if all((base / d).is_dir() for d in market) and not (base / "list_train.txt").exists():
+        data = _market_like("msmt17", base, "MSMT17", 15)
+        data.extra["layout"] = "MSMT17 in the Market-1501 layout (bounding_box_train/, query/, bounding_box_test/; no list files)"
+        return data
+    version = next((v for v, dirs in MSMT_VERSIONS.items() if all((base / d).is_dir() for d in dirs)), None)
+    missing = [f for f in MSMT_LISTS if not (base / f).is_file()]
+    if version is None or missing:
+        found = f"no train/ + test/ nor mask_train_v2/ + mask_test_v2/" if version is None else f"{version}'s folders but not {', '.join(missing)}"
+        raise _layout_error("msmt17", base, f"{base} holds {found} (nor the Market layout's {', '.join(market)})", MSMT_LAYOUT)
+    train_dir, test_dir = MSMT_VERSIONS[version]
     def parse(listfile, folder):
         raw = []
         for ln, line in enumerate((base / listfile).read_text().splitlines(), 1):
@@ -409,12 +442,14 @@ def load_msmt17(root, merge_val: bool = True) -> ReIDData:
             if not f.is_file(): raise FileNotFoundError(f"msmt17: {base / listfile} line {ln} names {f}, which does not exist")
             raw.append((str(f), pid, cam - 1))
         return _nonempty("msmt17", listfile, raw, base / listfile, MSMT_LAYOUT)
-    tr = parse("list_train.txt", "train") + (parse("list_val.txt", "train") if merge_val else [])
-    q, g = parse("list_query.txt", "test"), parse("list_gallery.txt", "test")
+    tr = parse("list_train.txt", train_dir) + (parse("list_val.txt", train_dir) if merge_val else [])
+    q, g = parse("list_query.txt", test_dir), parse("list_gallery.txt", test_dir)
     p2l = _relabel(p for _, p, _ in tr)
     train = [Sample(f, p2l[p], c, p2l[p]) for f, p, c in tr]
     query, gallery = [Sample(f, p, c, p) for f, p, c in q], [Sample(f, p, c, p) for f, p, c in g]
-    return ReIDData("msmt17", base, train, query, gallery, {"standard": Protocol("standard", query, gallery)}, has_clothes=False)
+    extra = {"layout": f"{version} ({train_dir}/, {test_dir}/, list files; train = list_train{' + list_val' if merge_val else ' only'})"}
+    if not merge_val: extra["expected"] = "msmt17/list_train"
+    return ReIDData("msmt17", base, train, query, gallery, {"standard": Protocol("standard", query, gallery)}, has_clothes=False, extra=extra)
 
 # %% ../nbs/01_data.ipynb #27
 FOLDER_LAYOUT = """  <root>/train/<pid>/*.jpg

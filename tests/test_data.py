@@ -80,8 +80,73 @@ def test_prcc(tmp_path):
     assert {s.clothes for s in p["sc"].query if s.pid == 50} == {s.clothes for s in p["sc"].gallery if s.pid == 50}
     assert not {s.clothes for s in p["cc"].query if s.pid == 50} & {s.clothes for s in p["cc"].gallery if s.pid == 50}
     assert len(d.extra["val"]) == 1
+    rows = {r["split"]: r for r in d.split_stats()}
+    assert rows["val"]["images"] == 1 and rows["test (all)"]["images"] == 12 and rows["test (all)"]["ids"] == 2
+    summary = d.summary()
+    assert "None" not in summary and "(full release: 5002 images)" in summary and "(full release: 71 ids, 10800 images)" in summary
     jpg(b / "train" / "001" / "D_bad.jpg")
     with pytest.raises(DatasetLayoutError, match="camera letter"): load_dataset("prcc", tmp_path)
+
+MSMT_LISTS = {"list_train.txt": ("train", ["0000/0000_000_01_0303morning_0015_0.jpg 0", "0000/0000_001_05_0303morning_0016_1.jpg 0",
+                                            "0001/0001_000_15_0303noon_0001_0.jpg 1"]),
+              "list_val.txt": ("train", ["0002/0002_000_03_0303noon_0001_0.jpg 2"]),
+              "list_query.txt": ("test", ["0000/0000_000_02_0303morning_0001_0.jpg 0"]),
+              "list_gallery.txt": ("test", ["0000/0000_003_07_0303morning_0001_0.jpg 0", "0001/0001_000_09_0303noon_0003_1.jpg 1"])}
+
+def msmt_tree(b: Path, folders=("train", "test")) -> Path:
+    for lf, (folder, lines) in MSMT_LISTS.items():
+        for ln in lines: jpg(b / folders[folder == "test"] / ln.split()[0])
+        (b / lf).write_text("\n".join(lines) + "\n")
+    return b
+
+@pytest.mark.parametrize("version,folders", [("MSMT17_V1", ("train", "test")), ("MSMT17_V2", ("mask_train_v2", "mask_test_v2"))])
+@pytest.mark.parametrize("nesting", ["", "msmt17"])            # data/MSMT17_Vx, or torchreid's data/msmt17/MSMT17_Vx
+def test_msmt17_versions(tmp_path, version, folders, nesting):
+    msmt_tree(tmp_path / nesting / version, folders)
+    for root in (tmp_path, tmp_path / nesting / version):       # the data root, or the dataset folder itself
+        d = load_dataset("msmt17", root)
+        assert d.root == tmp_path / nesting / version and d.extra["layout"].startswith(version)
+        assert [(s.pid, s.camid) for s in d.train] == [(0, 0), (0, 4), (1, 14), (2, 2)]
+        assert [(s.pid, s.camid) for s in d.gallery] == [(0, 6), (1, 8)] and len(d.query) == 1
+        assert all(f"/{folders[0]}/" in s.path for s in d.train) and all(f"/{folders[1]}/" in s.path for s in d.gallery)
+        assert "layout: " + version in d.summary()
+
+def test_msmt17_market_layout(tmp_path):
+    "The CCAFL authors' copy: MSMT17/{bounding_box_train,query,bounding_box_test}, cameras 1..15; dukemtmc names the mix-up."
+    b = tmp_path / "MSMT17"
+    for n in ["0000_c1_0303morning_0015_0.jpg", "0000_c15_0303morning_0016_1.jpg", "0001_c14_0303noon_0001_0.jpg"]: jpg(b / "bounding_box_train" / n)
+    for n in ["0000_c2_0303morning_0001_0.jpg"]: jpg(b / "query" / n)
+    for n in ["0000_c7_0303morning_0001_0.jpg", "0001_c9_0303noon_0003_1.jpg", "0001_c12_0303noon_0003_2.jpg"]: jpg(b / "bounding_box_test" / n)
+    d = load_dataset("msmt17", tmp_path)
+    assert d.root == b and "Market-1501 layout" in d.extra["layout"]
+    assert sorted((s.pid, s.camid) for s in d.train) == [(0, 0), (0, 14), (1, 13)] and len(d.query) == 1 and len(d.gallery) == 3
+    assert d.num_train_cams == 3 and {s.camid for s in d.gallery} == {6, 8, 11}
+    with pytest.raises(DatasetLayoutError, match="camera 1[45], expected 1..8; cameras up to 15 are MSMT17's.*'msmt17'"): load_dataset("dukemtmc", b)
+
+def test_msmt17_train_counts_and_choice(tmp_path):
+    "merge_val decides the training set, and summary() compares with the matching published count."
+    msmt_tree(tmp_path / "MSMT17_V1")
+    merged, alone = load_dataset("msmt17", tmp_path), load_dataset("msmt17", tmp_path, merge_val=False)
+    assert (len(merged.train), len(alone.train)) == (4, 3)
+    assert "32621 images" in merged.summary() and "list_train + list_val" in merged.summary()
+    assert "30248 images" in alone.summary() and "list_train only" in alone.summary()
+
+def test_msmt17_layout_errors(tmp_path):
+    with pytest.raises(DatasetLayoutError, match="neither|no train/ \\+ test/"): load_dataset("msmt17", tmp_path)
+    msmt_tree(tmp_path / "MSMT17_V2", ("mask_train_v2", "mask_test_v2"))
+    (tmp_path / "MSMT17_V2" / "list_val.txt").unlink()
+    with pytest.raises(DatasetLayoutError, match="MSMT17_V2's folders but not list_val.txt"): load_dataset("msmt17", tmp_path)
+
+@pytest.mark.parametrize("name,parent,folder,n", [("market1501", "market1501", "Market-1501-v15.09.15", "0002_c1s1_000451_03.jpg"),
+                                                  ("dukemtmc", "dukemtmc-reid", "DukeMTMC-reID", "0002_c1_f0044158.jpg")])
+def test_torchreid_nested_roots(tmp_path, name, parent, folder, n):
+    "torchreid's data root (data/<name>/<dataset folder>) loads with root='data'; an unknown nesting keeps the clear error."
+    b = tmp_path / parent / folder
+    for split in ("bounding_box_train", "query", "bounding_box_test"): jpg(b / split / n)
+    d = load_dataset(name, tmp_path)
+    assert d.root == b and len(d.train) == len(d.query) == len(d.gallery) == 1
+    (tmp_path / parent).rename(tmp_path / "elsewhere")
+    with pytest.raises(DatasetLayoutError, match=f"{folder} and .*{parent}/{folder} do not exist"): load_dataset(name, tmp_path)
 
 def test_msmt17(tmp_path):
     b = tmp_path / "MSMT17_V1"

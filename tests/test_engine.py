@@ -103,7 +103,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     cfg = tiny_cfg(tmp_path, name="ddp", epochs=5, batch_size=32, dataset_opts=DDP_DATA, eval_every=0, sync_bn=True, device="cpu")
     p = _torchrun(cfg, tmp_path / "cfg.json")
     run_dir = Path(cfg.out_dir) / "ddp"
-    assert sorted(x.name for x in run_dir.iterdir()) == ["checkpoints", "config.json", "env.json", "eval", "log.csv", "metrics.json", "model.pt"]
+    assert sorted(x.name for x in run_dir.iterdir()) == ["checkpoints", "config.json", "env.json", "eval", "log.csv", "metrics.json", "model.json", "model.pt"]
     env = json.loads((run_dir / "env.json").read_text())
     assert env["world_size"] == 2 and env["command"] == "reid-train" and env["torch"] and "git_commit" in env
     assert len((run_dir / "log.csv").read_text().splitlines()) == 1 + 5           # one writer: no duplicated rows
