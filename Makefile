@@ -7,16 +7,16 @@ STAMP  := $(VENV)/.reid_nb-installed
 # nbdev_test workers; tests/ run with pytest afterwards
 N_WORKERS ?= 2
 
-.PHONY: install demo study test test-nbs test-py check readme export clean-nbs bench clean
+.PHONY: install demo study test test-nbs test-py test-lower check readme export clean-nbs bench lock clean
 
 install: $(STAMP)
 
-$(STAMP): settings.ini setup.py
+$(STAMP): settings.ini setup.py constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "reid_nb needs Python >= 3.10, found " + sys.version' 
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch/torchvision pinned in settings.ini (== the releases on this workplace's disk; elsewhere pip fetches them)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	# constraints.txt: the exact versions CI tested (torch 2.14.1 / torchvision 0.29.1: the releases on this workplace's disk)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -60,8 +60,24 @@ clean-nbs: install
 readme: install
 	$(BIN)/python tools/nb2readme.py
 
+# the lower end of settings.ini's torch range, in its own environment (.venv-lower): a documented job, not part of
+# `make test` (torch 2.11 is a several-GB download where only 2.14.1 lies on disk). Python 3.11 or 3.12.
+LOWER := torch==2.11.0 torchvision==0.26.0
+test-lower:
+	test -x .venv-lower/bin/python || $(PYTHON) -m venv .venv-lower
+	.venv-lower/bin/python -m pip install -q --upgrade pip
+	.venv-lower/bin/python -m pip install -q $(LOWER) -e ".[dev]"
+	.venv-lower/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	.venv-lower/bin/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
+	PATH=$(abspath .venv-lower/bin):$$PATH nbdev_test --n_workers $(N_WORKERS) --skip_file_re '^([_.]|train|ablation|report)'
+	.venv-lower/bin/python -m pytest tests -q
+
+# rewrite constraints.txt from the current .venv (after changing requirements and passing `make test`)
+lock: install
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^reid.nb'; } > constraints.tmp && mv constraints.tmp constraints.txt
+
 bench: install
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-lower runs .pytest_cache

@@ -11,26 +11,26 @@ missing = [o for o in expected if o not in cfg]
 if missing: raise ValueError(f"settings.ini is missing the keys {missing}")
 
 setup_cfg = {o: cfg[o] for o in 'version description keywords author author_email'.split()}
-licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
+# SPDX license expressions (PEP 639): setuptools deprecates the License :: classifiers
+licenses = {'apache2': 'Apache-2.0'}
 statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable', '6 - Mature', '7 - Inactive']
 py_versions = '3.10 3.11 3.12 3.13'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 extras = {k: shlex.split(cfg.get(f'{k}_requirements', '')) for k in ('export', 'faiss')}
-lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
+lic = licenses.get(cfg['license'].lower(), cfg['license'])
 min_python = cfg['min_python']
 min_idx = py_versions.index(min_python)
 console_scripts = cfg.get('console_scripts', '').split()
 
 setuptools.setup(
     name=cfg['lib_name'],
-    license=lic[0],
+    license_expression=lic,
     classifiers=['Development Status :: ' + statuses[int(cfg['status'])],
                  'Intended Audience :: ' + cfg['audience'].title(),
                  'Natural Language :: ' + cfg['language'].title()]
-                + ['Programming Language :: Python :: ' + o for o in py_versions[min_idx:]]
-                + (['License :: ' + lic[1]] if lic[1] else []),
+                + ['Programming Language :: Python :: ' + o for o in py_versions[min_idx:]],
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['reid_nb', 'reid_nb.*']),
     include_package_data=True,

@@ -15,7 +15,7 @@ import torch
 # %% auto #0
 __all__ = ['seed_everything', 'seed_worker', 'get_device', 'is_distributed', 'atomic_write_bytes', 'atomic_write_text',
            'atomic_write_json', 'atomic_torch_save', 'load_checkpoint', 'ConfigError', 'Config', 'RunDir',
-           'make_run_dir', 'new_names', 'provenance']
+           'make_run_dir', 'new_names', 'lock_status', 'provenance']
 
 # %% ../nbs/00_core.ipynb #5
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
@@ -248,6 +248,19 @@ def _cpu_model() -> str:
     except OSError: pass
     return platform.processor() or platform.machine()
 
+def lock_status(path: Path) -> dict | None:
+    "The constraints (lock) file the environment was installed from: its hash, and the pinned packages installed otherwise."
+    import hashlib, importlib.metadata as md, re
+    if not path.is_file(): return None
+    text, differs = path.read_text(), []
+    for line in text.splitlines():
+        m = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;#]+)", line.strip())
+        if not m: continue
+        try: have = md.version(m[1])
+        except md.PackageNotFoundError: have = None
+        if have is None or have.split("+")[0] != m[2].split("+")[0]: differs.append(f"{m[1]}=={m[2]} (installed: {have})")
+    return {"file": path.name, "sha256": hashlib.sha256(text.encode()).hexdigest()[:16], "installed_otherwise": differs}
+
 def provenance(**extra) -> dict:
     "What produced a result: code (version, git commit, dirty flag), libraries, machine, determinism flags, plus `extra`."
     import platform, sys, datetime, importlib.metadata as md
@@ -267,4 +280,4 @@ def provenance(**extra) -> dict:
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "cudnn_deterministic": torch.backends.cudnn.deterministic, "cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "argv": list(sys.argv), **extra}
+            "lock": lock_status(root / "constraints.txt"), "argv": list(sys.argv), **extra}

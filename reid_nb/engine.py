@@ -353,9 +353,10 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
     _autocast(cfg, device)                                              # fails now on an AMP mode the device cannot run
     seed_everything(cfg.seed, cfg.deterministic)
     method_cls = METHODS[cfg.method]
-    if rank == 0: data = load_data(cfg, method_cls)                   # rank 0 first: synthetic data may be generated
+    first = int(os.environ.get("LOCAL_RANK", "0")) == 0               # each node's first process first: synthetic data may be
+    if first: data = load_data(cfg, method_cls)                       # generated, in a data root of the node's own
     _barrier()
-    if rank != 0: data = load_data(cfg, method_cls)
+    if not first: data = load_data(cfg, method_cls)
     method = method_cls(cfg, data)
     model = method.build_model().to(device)
     rd = RunDir(resolve_path(cfg.out_dir) / cfg.name)

@@ -106,6 +106,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert sorted(x.name for x in run_dir.iterdir()) == ["checkpoints", "config.json", "env.json", "eval", "log.csv", "metrics.json", "model.json", "model.pt"]
     env = json.loads((run_dir / "env.json").read_text())
     assert env["world_size"] == 2 and env["command"] == "reid-train" and env["torch"] and "git_commit" in env
+    assert env["lock"]["file"] == "constraints.txt" and isinstance(env["lock"]["installed_otherwise"], list)   # the lock it was installed from
     assert len((run_dir / "log.csv").read_text().splitlines()) == 1 + 5           # one writer: no duplicated rows
     assert p.stdout.count("epoch=1 ") == 1                                         # only rank 0 reports
     ddp = json.loads((run_dir / "metrics.json").read_text())
@@ -114,6 +115,28 @@ def test_ddp_two_cpu_processes(tmp_path):
     for prot, bound in DDP_BOUNDS.items():
         assert abs(ddp["protocols"][prot]["mAP"] - single["protocols"][prot]["mAP"]) < bound, (prot, ddp["protocols"][prot], single["protocols"][prot])
     assert ddp["protocols"]["sc"]["mAP"] > 0.3                                    # it learned (chance is ~0.1 here)
+
+def test_two_nodes_with_their_own_data_roots(tmp_path):
+    """Multi-node torchrun (c10d rendezvous) simulated by two 2-process "nodes" on this machine, each with its own data root:
+    each node's first process prepares its data, rank 0 alone writes the run; the other node's out_dir stays empty."""
+    import socket
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    procs = []
+    for node in (0, 1):
+        cfg = tiny_cfg(tmp_path / f"node{node}", name="multi", epochs=2, batch_size=16, dataset_opts=DDP_DATA, eval_every=0, device="cpu")
+        cfg.save(tmp_path / f"node{node}.json")
+        cmd = [str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "2", "--rdzv_backend", "c10d", "--rdzv_endpoint",
+               f"127.0.0.1:{port}", "--rdzv_id", "reid-nb-test", "-m", "reid_nb.engine", "--config", str(tmp_path / f"node{node}.json")]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n----\n".join(o[-3000:] for o in outs)
+    assert all(any((tmp_path / f"node{n}" / "data").glob("synth-prcc*/prcc/rgb/train")) for n in (0, 1))   # each node made its own
+    written = [n for n in (0, 1) if (tmp_path / f"node{n}" / "runs" / "multi").exists()]
+    assert len(written) == 1                                                       # one writer: rank 0, on one of the nodes
+    run_dir = tmp_path / f"node{written[0]}" / "runs" / "multi"
+    assert json.loads((run_dir / "env.json").read_text())["world_size"] == 4
+    assert len((run_dir / "log.csv").read_text().splitlines()) == 1 + 2 and (run_dir / "model.pt").is_file()
 
 def _pm(tmp, *params):
     out = tmp / "out.ipynb"

@@ -15,6 +15,25 @@ def test_version_matches_settings():
     cfg = configparser.ConfigParser(); cfg.read(ROOT / "settings.ini")
     assert reid_nb.__version__ == cfg["DEFAULT"]["version"]
 
+def test_lock_satisfies_the_declared_ranges():
+    """settings.ini declares ranges; constraints.txt pins every requirement inside its range, torch at the release on disk here;
+    make installs through the lock; the installed metadata has an SPDX license and no deprecated License classifier."""
+    import importlib.metadata as md, shlex
+    from packaging.requirements import Requirement
+    cfg = configparser.ConfigParser(); cfg.read(ROOT / "settings.ini")
+    pins = dict(line.split("==", 1) for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line and not line.startswith("#"))
+    pins = {k.lower().replace("_", "-"): v for k, v in pins.items()}
+    reqs = [Requirement(r) for k in ("requirements", "dev_requirements", "export_requirements", "faiss_requirements")
+            for r in shlex.split(cfg["DEFAULT"][k])]
+    for r in reqs:
+        name = r.name.lower().replace("_", "-")
+        assert name in pins, f"{r.name} is not pinned in constraints.txt"
+        assert r.specifier.contains(pins[name], prereleases=True), f"constraints.txt pins {name}=={pins[name]}, outside {r}"
+    assert (pins["torch"], pins["torchvision"]) == ("2.14.1", "0.29.1")
+    assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
+    meta = md.metadata("reid_nb")
+    assert meta["License-Expression"] == "Apache-2.0" and not [c for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
+
 def test_nbdev_clean_keeps_parameters_tag(tmp_path):
     # with this project's settings.ini the tag survives ...
     nb = tmp_path / "p.ipynb"; shutil.copy(FIXTURE, nb)
