@@ -121,29 +121,31 @@ def plot_camera_probe(runs: list[Run]):
 
 # %% ../nbs/12_viz.ipynb #11
 def _model_and_data(run: Run):
-    from reid_nb.engine import TrainConfig, METHODS, load_methods, load_data, transform_config
+    from reid_nb.engine import METHODS, TrainConfig, load_data, load_methods, transform_config
+    from reid_nb.inference import read_run, build_for_inference, legacy_spec
     from reid_nb.transforms import build_transforms
     load_methods()
     cfg = TrainConfig.from_dict(run.config, source=str(run.path / "config.json"))
     data = load_data(cfg, METHODS[cfg.method])
-    method = METHODS[cfg.method](cfg, data)
-    model = method.build_model(); model.load_state_dict(load_checkpoint(run.path / "model.pt")); model.eval()
-    _, test_tf = build_transforms(transform_config(cfg))          # the run's own normalisation (CLIP or ImageNet)
+    spec = None if (run.path / "model.json").is_file() else legacy_spec(cfg, data)   # a run from before model.json
+    cfg, spec, state, weights = read_run(run.path, spec)          # the trained model as reid_nb.inference rebuilds it: no
+    method, model = build_for_inference(cfg, spec, state, weights) # pretrained download, OpenAI's QuickGELU kept
+    _, test_tf = build_transforms(transform_config(cfg), method.label_set)   # the run's own normalisation (CLIP or ImageNet)
     return cfg, data, method, model, test_tf
 
 def _denorm(x: torch.Tensor, tf) -> np.ndarray:
     "Undo `tf`'s normalisation for display."
     return (x * tf.std + tf.mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
-def _items(data, test_tf, n):
+def _items(data, test_tf, n, label_set="lip"):
     from reid_nb.data import ImageDataset
-    ds = ImageDataset(data.query, test_tf)
+    ds = ImageDataset(data.query, test_tf, label_set=label_set)
     return [ds[i] for i in np.linspace(0, len(ds) - 1, n).astype(int)]
 
 def plot_ifd_attention(run: Run, n: int = 6):
     "Images with IFD's W_I overlaid."
     cfg, data, method, model, tf = _model_and_data(run)
-    items = _items(data, tf, n)
+    items = _items(data, tf, n, method.label_set)
     fig, ax = plt.subplots(1, n, figsize=(1.5 * n, 3))
     for a, it in zip(ax, items):
         with torch.no_grad(): w = model(it["img"][None], it["masked_img"][None])["W_I"]
@@ -176,7 +178,7 @@ def plot_gradcam(runs: list[Run], n: int = 4):
     for r, run in enumerate(runs):
         cfg, data, method, model, tf = _model_and_data(run)
         from reid_nb.data import ImageDataset
-        q, g = ImageDataset(data.query, tf), ImageDataset(data.gallery, tf)
+        q, g = ImageDataset(data.query, tf, label_set=method.label_set), ImageDataset(data.gallery, tf, label_set=method.label_set)
         for c, i in enumerate(np.linspace(0, len(q) - 1, n).astype(int)):
             s = data.query[i]
             cands = [j for j, t in enumerate(data.gallery) if t.pid == s.pid and t.clothes != s.clothes] or \

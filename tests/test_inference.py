@@ -187,3 +187,19 @@ def test_bad_input(runs, tmp_path):
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"): emb(np.zeros((64, 32), np.uint8))
     with pytest.raises(FileNotFoundError, match="missing.jpg does not exist"): emb(tmp_path / "missing.jpg")
     with pytest.raises(FileNotFoundError, match="feature file"): read_features(tmp_path / "none.npz")
+
+def test_legacy_run_without_model_json(runs, tmp_path):
+    "A run written before model.json: its spec derived from the training data gives the same model, and the report's plots work."
+    from reid_nb.engine import METHODS, TrainConfig, load_data
+    from reid_nb.inference import legacy_spec
+    from reid_nb.report import collect_runs
+    from reid_nb.viz import plot_ifd_attention
+    old = tmp_path / "runs" / "old"; shutil.copytree(runs / "runs" / "ifd", old)
+    spec = json.loads((old / "model.json").read_text()); (old / "model.json").unlink()
+    cfg = TrainConfig.from_dict(json.loads((old / "config.json").read_text()))
+    derived = legacy_spec(cfg, load_data(cfg, METHODS["ifd"]))
+    assert {k: derived[k] for k in ("method", "num_classes", "quick_gelu")} == {k: spec[k] for k in ("method", "num_classes", "quick_gelu")}
+    with pytest.raises(FileNotFoundError, match="model.json does not exist"): read_run(old)
+    assert read_run(old, derived)[0] == cfg
+    run = next(r for r in collect_runs(tmp_path / "runs") if r.name == "old")
+    plot_ifd_attention(run, n=2)
