@@ -424,9 +424,10 @@ def _onnx_metadata(path: Path, emb: Embedder) -> None:
 
 # %% ../nbs/14_inference.ipynb
 def run_exported(path: str | Path, *inputs: torch.Tensor) -> torch.Tensor:
-    "Features from an exported file: ONNX through onnxruntime (CPU), TorchScript through torch.jit."
+    "Features from an exported file: ONNX through onnxruntime (CPU), TorchScript (a zip archive) through torch.jit."
+    import zipfile
     path = Path(path)
-    if path.suffix == ".onnx":
+    if not zipfile.is_zipfile(path):
         try: import onnxruntime as ort
         except ImportError as e: raise ImportError("checking an ONNX file needs onnxruntime: pip install onnxruntime") from e
         s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
