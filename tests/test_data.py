@@ -93,6 +93,9 @@ MSMT_LISTS = {"list_train.txt": ("train", ["0000/0000_000_01_0303morning_0015_0.
               "list_query.txt": ("test", ["0000/0000_000_02_0303morning_0001_0.jpg 0"]),
               "list_gallery.txt": ("test", ["0000/0000_003_07_0303morning_0001_0.jpg 0", "0001/0001_000_09_0303noon_0003_1.jpg 1"])}
 
+def _snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
 def msmt_tree(b: Path, folders=("train", "test")) -> Path:
     for lf, (folder, lines) in MSMT_LISTS.items():
         for ln in lines: jpg(b / folders[folder == "test"] / ln.split()[0])
@@ -103,6 +106,7 @@ def msmt_tree(b: Path, folders=("train", "test")) -> Path:
 @pytest.mark.parametrize("nesting", ["", "msmt17"])            # data/MSMT17_Vx, or torchreid's data/msmt17/MSMT17_Vx
 def test_msmt17_versions(tmp_path, version, folders, nesting):
     msmt_tree(tmp_path / nesting / version, folders)
+    before = _snapshot(tmp_path)
     for root in (tmp_path, tmp_path / nesting / version):       # the data root, or the dataset folder itself
         d = load_dataset("msmt17", root)
         assert d.root == tmp_path / nesting / version and d.extra["layout"].startswith(version)
@@ -110,6 +114,7 @@ def test_msmt17_versions(tmp_path, version, folders, nesting):
         assert [(s.pid, s.camid) for s in d.gallery] == [(0, 6), (1, 8)] and len(d.query) == 1
         assert all(f"/{folders[0]}/" in s.path for s in d.train) and all(f"/{folders[1]}/" in s.path for s in d.gallery)
         assert "layout: " + version in d.summary()
+    assert _snapshot(tmp_path) == before                          # nothing of the user's tree is written, moved or touched
 
 def test_msmt17_market_layout(tmp_path):
     "The CCAFL authors' copy: MSMT17/{bounding_box_train,query,bounding_box_test}, cameras 1..15; dukemtmc names the mix-up."
@@ -117,7 +122,9 @@ def test_msmt17_market_layout(tmp_path):
     for n in ["0000_c1_0303morning_0015_0.jpg", "0000_c15_0303morning_0016_1.jpg", "0001_c14_0303noon_0001_0.jpg"]: jpg(b / "bounding_box_train" / n)
     for n in ["0000_c2_0303morning_0001_0.jpg"]: jpg(b / "query" / n)
     for n in ["0000_c7_0303morning_0001_0.jpg", "0001_c9_0303noon_0003_1.jpg", "0001_c12_0303noon_0003_2.jpg"]: jpg(b / "bounding_box_test" / n)
+    before = _snapshot(tmp_path)
     d = load_dataset("msmt17", tmp_path)
+    assert _snapshot(tmp_path) == before
     assert d.root == b and "Market-1501 layout" in d.extra["layout"]
     assert sorted((s.pid, s.camid) for s in d.train) == [(0, 0), (0, 14), (1, 13)] and len(d.query) == 1 and len(d.gallery) == 3
     assert d.num_train_cams == 3 and {s.camid for s in d.gallery} == {6, 8, 11}
