@@ -299,7 +299,7 @@ def prompt_lr(epoch: int, base: float, epochs: int, warmup: int = 5, warmup_init
 def _pass_over_train(self: CCAFL, m, method: Method) -> torch.Tensor:
     "`method.features` of every training image, with the test transform and no flip: the per-epoch passes over the training set."
     _, tf = build_transforms(transform_config(self.cfg))
-    return extract_features(method, m, self.data.train, tf, self.cfg.replace(flip_test=False), next(m.parameters()).device)
+    return extract_features(method, m, self.data.train, tf, self.cfg.replace(flip_test=False), next(m.parameters()).device, self.train_cache)
 
 @patch
 def _train_feats(self: CCAFL, m) -> torch.Tensor:

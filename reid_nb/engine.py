@@ -27,7 +27,7 @@ from .transforms import TransformConfig, build_transforms
 __all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'TrainConfig', 'project_root', 'resolve_path', 'Stage', 'Method',
            'load_methods', 'register_method', 'build_optimizer', 'lr_factor', 'stage_optimizer', 'extract_features',
            'evaluate_protocols', 'write_log', 'GlobalBatchNorm', 'convert_sync_bn', 'transform_config', 'model_spec',
-           'load_data', 'fit', 'parse_sets', 'main', 'make_config']
+           'load_data', 'train_batches', 'fit', 'parse_sets', 'main', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -59,6 +59,9 @@ class TrainConfig(Config):
     eval_batch_size: int = 128
     flip_test: bool = True                   # test feature = image + flipped image (CAL's default)
     num_workers: int = 0
+    data_path: str = "pil"                   # pil: ImageDataset + DataLoader workers | cache: decode once, augment batches on the
+                                             # device (reid_nb.datapath; the same pixels)
+    cache_dir: str | None = None             # data_path="cache": decoded pixels memory-mapped under this folder (None: in memory)
     seed: int = 0
     deterministic: bool = False
     sync_bn: bool = False                    # DDP: BatchNorm statistics of the whole global batch (GlobalBatchNorm / SyncBatchNorm)
@@ -73,7 +76,7 @@ class TrainConfig(Config):
 
     def __post_init__(self):
         for k, ok in [("optimizer", ("adam", "adamw", "sgd")), ("scheduler", ("step", "cosine", "constant")), ("amp", ("off", "bf16", "fp16")),
-                      ("schedule", ("global", "stage"))]:
+                      ("schedule", ("global", "stage")), ("data_path", ("pil", "cache"))]:
             if getattr(self, k) not in ok: raise ValueError(f"TrainConfig.{k}={getattr(self, k)!r} is not one of {list(ok)}")
 
 def project_root(start: Path | None = None) -> Path | None:
@@ -104,6 +107,7 @@ class Method:
     find_unused_parameters: bool = False
     presets: dict = {}                       # preset name -> TrainConfig overrides (e.g. "paper")
     label_set: str = "lip"                   # label set of the parsing masks, for `masked_img` in the batches
+    train_cache = None                       # fit's DecodedCache of data.train when data_path="cache" (for passes over it)
 
     def __init__(self, cfg: TrainConfig, data: ReIDData | None):
         "`data=None`: the method without its training set, enough to build the model and compute features (`for_inference`)."
@@ -179,12 +183,23 @@ def _to(batch: dict, device) -> dict:
 def _flip(batch: dict) -> dict:
     return {k: v.flip(-1) if isinstance(v, torch.Tensor) and v.ndim >= 3 else v for k, v in batch.items()}
 
+def _cached_eval_batches(cache, transform, label_set, batch_size: int, device):
+    "Test-transform batches (normalisation only: the cache holds the resized pixels) of a `DecodedCache`, in order."
+    from reid_nb.data import mask_clothes
+    for s in range(0, len(cache), batch_size):
+        x = cache.images[s:s + batch_size].to(device)
+        m = None if cache.masks is None else cache.masks[s:s + batch_size].to(device).long()
+        x, m = transform.apply_batch(x, m)
+        yield {"img": x} if m is None else {"img": x, "mask": m, "masked_img": mask_clothes(x, m, label_set)}
+
 @torch.no_grad()
-def extract_features(method: Method, model: nn.Module, samples: list, transform, cfg: TrainConfig, device) -> torch.Tensor:
-    "(N, D) features of `samples` in eval mode (plus the flipped view when `cfg.flip_test`)."
+def extract_features(method: Method, model: nn.Module, samples: list, transform, cfg: TrainConfig, device, cache=None) -> torch.Tensor:
+    "(N, D) features of `samples` in eval mode (plus the flipped view when `cfg.flip_test`); from a `DecodedCache` of them if given."
     was = model.training; model.eval()
-    ds = ImageDataset(samples, transform, label_set=method.label_set)
-    dl = torch.utils.data.DataLoader(ds, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers)
+    if cache is not None: dl = _cached_eval_batches(cache, transform, method.label_set, cfg.eval_batch_size, device)
+    else:
+        ds = ImageDataset(samples, transform, label_set=method.label_set)
+        dl = torch.utils.data.DataLoader(ds, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers)
     out = []
     for b in dl:
         b = _to(b, device)
@@ -197,11 +212,11 @@ def extract_features(method: Method, model: nn.Module, samples: list, transform,
 def _ids(samples): return [np.array([getattr(s, k) for s in samples]) for k in ("pid", "camid", "clothes")]
 
 def evaluate_protocols(method: Method, model: nn.Module, data: ReIDData, transform, cfg: TrainConfig, device,
-                       artifacts: Path | None = None, n_rank_lists: int = 16, n_embed: int = 2000) -> dict:
+                       artifacts: Path | None = None, n_rank_lists: int = 16, n_embed: int = 2000, decoded: dict | None = None) -> dict:
     "{protocol: metrics dict (with the CMC curve)} for every protocol of `data`; with `artifacts`, also what the report draws."
     cache, res, ranks = {}, {}, {}
-    def feats(lst):
-        if id(lst) not in cache: cache[id(lst)] = extract_features(method, model, lst, transform, cfg, device)
+    def feats(lst):                  # `decoded`: {id(list): DecodedCache} of the evaluated lists (data_path="cache")
+        if id(lst) not in cache: cache[id(lst)] = extract_features(method, model, lst, transform, cfg, device, (decoded or {}).get(id(lst)))
         return cache[id(lst)]
     for name, p in data.protocols.items():
         (qp, qc, qcl), (gp, gc, gcl) = _ids(p.query), _ids(p.gallery)
@@ -345,6 +360,16 @@ def load_data(cfg: TrainConfig, method_cls: type) -> ReIDData:
     if method_cls.needs_masks and "label_set" in cfg.method_opts: opts.setdefault("label_set", cfg.method_opts["label_set"])   # masks read as the method reads them
     return load_dataset(cfg.dataset, resolve_path(cfg.data_root), masks=True if method_cls.needs_masks else None, **opts)
 
+def train_batches(cfg: TrainConfig, ds: ImageDataset, sampler, epoch: int, device: torch.device, cache=None):
+    "One epoch's training batches: the PIL path (DataLoader workers, seeded per epoch) or the decode cache's batches."
+    if cache is not None:
+        from reid_nb.datapath import CachedBatches
+        return CachedBatches(cache, sampler, sampler.local_batch_size, ds.transform, ds.samples, ds.labels, ds.label_set, device)
+    g = torch.Generator(); g.manual_seed(cfg.seed * 1_000_003 + epoch)
+    return torch.utils.data.DataLoader(ds, batch_size=sampler.local_batch_size, sampler=sampler, drop_last=True,
+                                       num_workers=cfg.num_workers, worker_init_fn=seed_worker, generator=g,
+                                       persistent_workers=False, pin_memory=device.type == "cuda")
+
 def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
     "Train `cfg.method` on `cfg.dataset`, evaluate every protocol, write runs/<name>/; returns the final metrics."
     load_methods()
@@ -370,6 +395,15 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
     sampler = method.sampler(cfg.batch_size, num_replicas=world, rank=rank)     # global batches, each rank its slice
     if cfg.iters_per_epoch: sampler.batches_per_epoch = cfg.iters_per_epoch
     ds = ImageDataset(data.train, train_tf, label_set=method.label_set, labels=method.train_labels())
+    cache, decoded = None, None
+    if cfg.data_path == "cache":                                        # decoded once; each node's processes build their own
+        from reid_nb.datapath import DecodedCache
+        build = lambda lst: DecodedCache.build(lst, train_tf, method.label_set, cfg.num_workers,
+                                               resolve_path(cfg.cache_dir) if cfg.cache_dir else None, progress=cfg.progress and rank == 0)
+        cache = method.train_cache = build(data.train)                  # CCAFL's passes over the training set read it too
+        if rank == 0:                                                   # the evaluated lists, for every evaluation
+            lists = {id(l): l for p in data.protocols.values() for l in (p.query, p.gallery)}
+            decoded = {k: build(l) for k, l in lists.items()}
     if world > 1 and cfg.sync_bn: model = convert_sync_bn(model, cuda=device.type == "cuda")
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=method.find_unused_parameters) if world > 1 else model
@@ -397,10 +431,7 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
             for g in opt.param_groups: g["lr"] = base_lr * lr_factor(e, n, cfg)
             _epoch_seed(cfg.seed, epoch)
             sampler.set_epoch(epoch)
-            g = torch.Generator(); g.manual_seed(cfg.seed * 1_000_003 + epoch)
-            dl = torch.utils.data.DataLoader(ds, batch_size=sampler.local_batch_size, sampler=sampler, drop_last=True,
-                                             num_workers=cfg.num_workers, worker_init_fn=seed_worker, generator=g,
-                                             persistent_workers=False, pin_memory=device.type == "cuda")
+            dl = train_batches(cfg, ds, sampler, epoch, device, cache)
             method.on_epoch_start(model, stage, epoch)
             net.train()
             sums, n_img, t0, it = {}, 0, time.perf_counter(), 0
@@ -425,7 +456,7 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
             epoch += 1
             if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch < total:
                 if rank == 0:
-                    m = evaluate_protocols(method, model, data, test_tf, cfg, device)
+                    m = evaluate_protocols(method, model, data, test_tf, cfg, device, decoded=decoded)
                     row.update({f"{p}_{k}": v for p, d in m.items() for k, v in d.items() if k in ("mAP", "R1")})
                 _barrier()
             log.append(row)
@@ -442,7 +473,7 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
     if rank == 0:
         metrics = {"dataset": cfg.dataset, "method": cfg.method, "backbone": cfg.backbone, "epochs": total,
                    "synthetic": cfg.dataset.startswith("synth"), "method_opts": cfg.method_opts,
-                   "protocols": evaluate_protocols(method, model, data, test_tf, cfg, device, artifacts=rd.path / "eval")}
+                   "protocols": evaluate_protocols(method, model, data, test_tf, cfg, device, artifacts=rd.path / "eval", decoded=decoded)}
         rd.write_metrics(metrics)
         atomic_torch_save(model.state_dict(), rd.path / "model.pt")
         if log:

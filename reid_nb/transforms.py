@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
@@ -58,32 +59,55 @@ class PairTransform:
         self.mean, self.std = (torch.tensor(v).view(3, 1, 1) for v in NORMS[cfg.norm])
         self.flip_perm = get_label_set(label_set).flip_perm()
 
-    def __call__(self, img: Image.Image, mask: np.ndarray | None = None, gen: torch.Generator | None = None):
-        c = self.cfg
+    def resize(self, img, mask: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        "The deterministic first step: (3,H,W) uint8 (or float) image and (H,W) long mask at `cfg.size` (what a decode cache stores)."
         x = img if isinstance(img, torch.Tensor) else TF.pil_to_tensor(img)  # (3,H,W) uint8 (or float in [0, 1])
         if x.ndim != 3 or x.shape[0] != 3 or min(x.shape[1:]) < 1:
             raise ValueError(f"expected an RGB image tensor of shape (3, H, W), got {tuple(x.shape)}")
-        scale = 255 if x.dtype == torch.uint8 else 1
-        m = None if mask is None else torch.as_tensor(np.asarray(mask)).long()[None]
+        m = None if mask is None else torch.as_tensor(np.asarray(mask)).long()
         if m is not None and m.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"mask is {tuple(m.shape[-2:])} but image is {tuple(x.shape[-2:])} (H, W)")
-        x = TF.resize(x, list(c.size), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-        if m is not None: m = TF.resize(m, list(c.size), interpolation=TF.InterpolationMode.NEAREST)
-        if self.train:
+        x = TF.resize(x, list(self.cfg.size), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        if m is not None: m = TF.resize(m[None], list(self.cfg.size), interpolation=TF.InterpolationMode.NEAREST)[0]
+        return x, m
+
+    def draw(self, gen: torch.Generator | None = None) -> tuple[int, int, bool, tuple | None]:
+        "One sample's random augmentation: (crop top, crop left, flip, erase box or None), drawn from `gen` in a fixed order."
+        c = self.cfg
+        i = j = c.pad
+        if c.pad > 0: i = int(torch.randint(0, 2 * c.pad + 1, (1,), generator=gen)); j = int(torch.randint(0, 2 * c.pad + 1, (1,), generator=gen))
+        flip = torch.rand(1, generator=gen).item() < c.flip_p
+        box = _erase_box(c.size[0], c.size[1], c.erase_scale, c.erase_ratio, gen) if torch.rand(1, generator=gen).item() < c.erase_p else None
+        return i, j, flip, box
+
+    def __call__(self, img: Image.Image, mask: np.ndarray | None = None, gen: torch.Generator | None = None):
+        x, m = self.resize(img, mask)
+        x, m = self.apply_batch(x[None], None if m is None else m[None], [self.draw(gen)] if self.train else None)
+        return x[0], None if m is None else m[0]
+
+    def apply_batch(self, x: torch.Tensor, m: torch.Tensor | None = None, params: list | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Resized images (B,3,H,W) uint8 (or float in [0,1]) and masks (B,H,W) -> normalised (B,3,H,W) float and augmented masks,
+        with one `draw()` per sample (`params`, for training): pad + crop, flip, normalise, erase — on the tensors' device."""
+        c, B, (H, W) = self.cfg, len(x), self.cfg.size
+        scale = 255 if x.dtype == torch.uint8 else 1
+        if params is not None:
             if c.pad > 0:
-                x = TF.pad(x, [c.pad], fill=0)
-                if m is not None: m = TF.pad(m, [c.pad], fill=0)             # background
-                i = int(torch.randint(0, 2 * c.pad + 1, (1,), generator=gen)); j = int(torch.randint(0, 2 * c.pad + 1, (1,), generator=gen))
-                x = x[:, i:i + c.size[0], j:j + c.size[1]]
-                if m is not None: m = m[:, i:i + c.size[0], j:j + c.size[1]]
-            if torch.rand(1, generator=gen).item() < c.flip_p:
-                x = x.flip(-1)
-                if m is not None: m = self.flip_perm[m.flip(-1)]
-        x = (x.float() / scale - self.mean) / self.std
-        if self.train and torch.rand(1, generator=gen).item() < c.erase_p:
-            box = _erase_box(c.size[0], c.size[1], c.erase_scale, c.erase_ratio, gen)
-            if box is not None: i, j, h, w = box; x[:, i:i + h, j:j + w] = 0
-        return x.contiguous(), None if m is None else m[0].contiguous()
+                p = [c.pad] * 4
+                x = F.pad(x, p)                                                   # zeros; the mask's 0 is background
+                if m is not None: m = F.pad(m, p)
+                top, left = (torch.tensor([q[k] for q in params], device=x.device) for k in (0, 1))
+                rows = (top[:, None] + torch.arange(H, device=x.device))[:, None, :, None]
+                cols = (left[:, None] + torch.arange(W, device=x.device))[:, None, None, :]
+                b = torch.arange(B, device=x.device)[:, None, None, None]
+                x = x[b, torch.arange(3, device=x.device)[None, :, None, None], rows, cols]
+                if m is not None: m = m[b[:, 0], rows[:, 0], cols[:, 0]]
+            flip = torch.tensor([q[2] for q in params], device=x.device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            if m is not None: m = torch.where(flip[:, None, None], self.flip_perm.to(m.device)[m.flip(-1)], m)
+        x = (x.float() / scale - self.mean.to(x.device)) / self.std.to(x.device)
+        for k, q in enumerate(params or []):
+            if q[3] is not None: i, j, h, w = q[3]; x[k, :, i:i + h, j:j + w] = 0
+        return x.contiguous(), None if m is None else m.long().contiguous()
 
 def build_transforms(cfg: TransformConfig = TransformConfig(), label_set: str | LabelSet = "lip") -> tuple[PairTransform, PairTransform]:
     "(train, test) transforms."
