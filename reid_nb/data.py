@@ -216,7 +216,8 @@ def clothes_mask(mask: torch.Tensor, label_set: str | LabelSet = "lip", size: tu
 
 def mask_clothes(img: torch.Tensor, mask: torch.Tensor, label_set: str | LabelSet = "lip") -> torch.Tensor:
     "The clothes-masked image: clothes pixels set to zero (after normalisation, i.e. the mean colour)."
-    return img * (1 - clothes_mask(mask, label_set)).unsqueeze(-3)
+    keep = 1 - get_label_set(label_set).clothes_lut().to(mask.device).float()     # 1 - clothes_mask(mask), gathered at once
+    return img * keep[mask.long()].unsqueeze(-3)
 
 # %% ../nbs/01_data.ipynb #15
 def _open_image(path: str | Path) -> Image.Image:

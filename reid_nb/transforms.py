@@ -90,21 +90,20 @@ class PairTransform:
         with one `draw()` per sample (`params`, for training): pad + crop, flip, normalise, erase — on the tensors' device."""
         c, B, (H, W) = self.cfg, len(x), self.cfg.size
         scale = 255 if x.dtype == torch.uint8 else 1
+        if params is not None and c.pad == 0: x, m = x.clone(), None if m is None else m.clone()   # flipped in place below
         if params is not None:
             if c.pad > 0:
                 p = [c.pad] * 4
                 x = F.pad(x, p)                                                   # zeros; the mask's 0 is background
                 if m is not None: m = F.pad(m, p)
-                top, left = (torch.tensor([q[k] for q in params], device=x.device) for k in (0, 1))
-                rows = (top[:, None] + torch.arange(H, device=x.device))[:, None, :, None]
-                cols = (left[:, None] + torch.arange(W, device=x.device))[:, None, None, :]
-                b = torch.arange(B, device=x.device)[:, None, None, None]
-                x = x[b, torch.arange(3, device=x.device)[None, :, None, None], rows, cols]
-                if m is not None: m = m[b[:, 0], rows[:, 0], cols[:, 0]]
+                x = torch.stack([x[k, :, i:i + H, j:j + W] for k, (i, j, *_) in enumerate(params)])   # views, one copy
+                if m is not None: m = torch.stack([m[k, i:i + H, j:j + W] for k, (i, j, *_) in enumerate(params)])
             flip = torch.tensor([q[2] for q in params], device=x.device)
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            if m is not None: m = torch.where(flip[:, None, None], self.flip_perm.to(m.device)[m.flip(-1)], m)
-        x = (x.float() / scale - self.mean.to(x.device)) / self.std.to(x.device)
+            if flip.any():
+                x[flip] = x[flip].flip(-1)
+                if m is not None: m[flip] = self.flip_perm.to(m.device)[m[flip].flip(-1).long()].to(m.dtype)
+        # (x / scale - mean) / std, the same operations in place: one float copy instead of four
+        x = x.to(torch.float32, copy=True).div_(scale).sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
         for k, q in enumerate(params or []):
             if q[3] is not None: i, j, h, w = q[3]; x[k, :, i:i + h, j:j + w] = 0
         return x.contiguous(), None if m is None else m.long().contiguous()
