@@ -360,15 +360,17 @@ def load_data(cfg: TrainConfig, method_cls: type) -> ReIDData:
     if method_cls.needs_masks and "label_set" in cfg.method_opts: opts.setdefault("label_set", cfg.method_opts["label_set"])   # masks read as the method reads them
     return load_dataset(cfg.dataset, resolve_path(cfg.data_root), masks=True if method_cls.needs_masks else None, **opts)
 
-def train_batches(cfg: TrainConfig, ds: ImageDataset, sampler, epoch: int, device: torch.device, cache=None):
-    "One epoch's training batches: the PIL path (DataLoader workers, seeded per epoch) or the decode cache's batches."
+def train_batches(cfg: TrainConfig, ds: ImageDataset, sampler, device: torch.device, cache=None):
+    """The training batches of every epoch (iterate once per epoch, after `sampler.set_epoch`): the PIL path or the decode cache's.
+    The PIL path's workers persist across epochs: every sample's augmentation comes from its sampler key (index, seed), not
+    from a worker's RNG, so which worker, or which start of it, serves a sample changes nothing."""
     if cache is not None:
         from reid_nb.datapath import CachedBatches
         return CachedBatches(cache, sampler, sampler.local_batch_size, ds.transform, ds.samples, ds.labels, ds.label_set, device)
-    g = torch.Generator(); g.manual_seed(cfg.seed * 1_000_003 + epoch)
+    g = torch.Generator(); g.manual_seed(cfg.seed * 1_000_003)
     return torch.utils.data.DataLoader(ds, batch_size=sampler.local_batch_size, sampler=sampler, drop_last=True,
                                        num_workers=cfg.num_workers, worker_init_fn=seed_worker, generator=g,
-                                       persistent_workers=False, pin_memory=device.type == "cuda")
+                                       persistent_workers=cfg.num_workers > 0, pin_memory=device.type == "cuda")
 
 def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
     "Train `cfg.method` on `cfg.dataset`, evaluate every protocol, write runs/<name>/; returns the final metrics."
@@ -419,7 +421,8 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
         model.load_state_dict(state["model"]); scaler.load_state_dict(state["scaler"]); method.load_state_dict(state.get("method", {}))
         log, start = state["log"], state["epoch"]
         _set_rng_state(state["rng"])
-    opt, s_start = None, 0
+    opt, s_start, dl = None, 0, train_batches(cfg, ds, sampler, device, cache)
+    acc = torch.float32 if device.type == "mps" else torch.float64     # loss sums stay on the device: one read per epoch
     for si, stage in enumerate(stages):
         s_end, base_lr, resumed_here = s_start + stage.epochs, stage.lr or cfg.lr, state is not None and state["stage"] == si
         if start >= s_end and not resumed_here: s_start = s_end; continue    # stage finished before the resume point
@@ -431,7 +434,6 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
             for g in opt.param_groups: g["lr"] = base_lr * lr_factor(e, n, cfg)
             _epoch_seed(cfg.seed, epoch)
             sampler.set_epoch(epoch)
-            dl = train_batches(cfg, ds, sampler, epoch, device, cache)
             method.on_epoch_start(model, stage, epoch)
             net.train()
             sums, n_img, t0, it = {}, 0, time.perf_counter(), 0
@@ -447,12 +449,13 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
                 if cfg.grad_clip > 0:
                     scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_([p for gr in opt.param_groups for p in gr["params"]], cfg.grad_clip)
                 scaler.step(opt); scaler.update()
-                for k, v in losses.items(): sums[k] = sums.get(k, 0.0) + float(v.detach())
+                for k, v in losses.items(): sums[k] = sums.get(k, 0) + torch.as_tensor(v).detach().to(acc)
                 n_img += len(batch["img"]) * world; it += 1; bar.update()
             bar.close()
+            means = {k: float(v) / max(it, 1) for k, v in sums.items()}      # the epoch's one read of the device
             dt = time.perf_counter() - t0
             row = {"epoch": epoch + 1, "stage": stage.name, "lr": opt.param_groups[0]["lr"],
-                   **{k: v / max(it, 1) for k, v in sums.items()}, **method.epoch_log(), "images_per_s": n_img / dt, "seconds": dt}
+                   **means, **method.epoch_log(), "images_per_s": n_img / dt, "seconds": dt}
             epoch += 1
             if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch < total:
                 if rank == 0:

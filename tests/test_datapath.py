@@ -29,3 +29,12 @@ def test_fit_on_the_cache_equals_fit_on_pil(tmp_path, method):
         assert m == ref_m, path
         pd.testing.assert_frame_equal(log, ref_log)                   # losses, lr, mid-run evaluations (and CCAFL's association)
     assert any((tmp_path / "cache").glob("*.images.u8"))
+
+def test_persistent_workers_change_nothing(tmp_path):
+    "The PIL path with 2 workers kept across epochs trains exactly as in one process: augmentations come from sampler keys."
+    base = _cfg(tmp_path, "baseline").replace(epochs=3, eval_every=0)
+    sds = []
+    for name, w in (("w0", 0), ("w2", 2)):
+        fit(base.replace(name=name, num_workers=w))
+        sds.append(torch.load(tmp_path / "runs" / name / "model.pt", weights_only=True))
+    assert all(torch.equal(sds[0][k], sds[1][k]) for k in sds[0])
