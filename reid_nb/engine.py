@@ -358,7 +358,8 @@ def load_data(cfg: TrainConfig, method_cls: type) -> ReIDData:
     if cfg.dataset not in DATASETS: raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {sorted(DATASETS)}")
     opts = dict(cfg.dataset_opts)
     if method_cls.needs_masks and "label_set" in cfg.method_opts: opts.setdefault("label_set", cfg.method_opts["label_set"])   # masks read as the method reads them
-    return load_dataset(cfg.dataset, resolve_path(cfg.data_root), masks=True if method_cls.needs_masks else None, **opts)
+    # a method that does not read parsing masks does not load them (nor decode them every epoch), even where they exist
+    return load_dataset(cfg.dataset, resolve_path(cfg.data_root), masks=bool(method_cls.needs_masks), **opts)
 
 def train_batches(cfg: TrainConfig, ds: ImageDataset, sampler, device: torch.device, cache=None):
     """The training batches of every epoch (iterate once per epoch, after `sampler.set_epoch`): the PIL path or the decode cache's.
