@@ -1,72 +1,109 @@
-"""Training throughput: the engine against a bare torchvision forward+backward of the same backbone and batch.
+"""Training throughput per method: bare compute, the data path alone and the engine, measured in one run, with ratios.
 
-Measured in one process, side by side (images/s):
-  bare      forward + backward + Adam step of ReIDNet on a fixed random batch (no data loading, no engine)
-  loader    the engine's DataLoader alone (JPEG decode + paired transforms + P x K sampler), no model
-  engine    fit() on synth-prcc: loader + model + losses + logging, from its log.csv
-The engine's overhead is judged against what loading and compute cost when done one after the other
-(1 / (1/bare + 1/loader), num_workers=0) — the ratio engine / that bound should be close to 1.
+For each method (baseline, IFD's joint phase, CCAFL's inter-camera stage), on the best device present (a GPU, else the CPU):
+  bare      the method's own loss + backward + optimiser step on one batch already on the device, repeated (no data loading,
+            no engine): what the model, loss and batch can do at most
+  loader    the engine's training batches alone (`engine.train_batches`: the PIL path with its workers, or the decode cache)
+  engine    fit() on synthetic data: loader + model + losses + logging; its last epoch's images/s from log.csv
+and engine / bare (1.00 = the engine adds nothing to the model's own cost) and engine / serial bound, where the serial bound
+1 / (1/bare + 1/loader) is loading and compute one after the other (what a single process without overlap can reach).
 
-    python bench/train_bench.py [--backbone resnet18] [--size 128 64] [--batch 32] [--iters 20] [--workers 0]
+    python bench/train_bench.py                                  # CPU-sized settings: ResNet-18 / tiny CLIP, 128x64, batch 32
+    python bench/train_bench.py --paper --amp bf16 --workers 8   # on a GPU: ResNet-50 / RN50 at the papers' sizes and batches
+    python bench/train_bench.py --methods baseline --data-path cache
 """
-import argparse, json, os, sys, tempfile, time
+import argparse, csv, os, sys, tempfile, time
 from pathlib import Path
 import torch
-import reid_nb.baseline  # noqa: F401
-from reid_nb.backbones import ReIDNet
-from reid_nb.data import ImageDataset, load_dataset
-from reid_nb.engine import fit, make_config
-from reid_nb.losses import label_smoothed_ce, triplet_loss
-from reid_nb.samplers import RandomIdentitySampler
-from reid_nb.transforms import TransformConfig, build_transforms
 
-def bare(backbone, size, batch, iters, n_cls):
-    model = ReIDNet(backbone, n_cls).train()
-    opt = torch.optim.Adam(model.parameters(), 3.5e-4, weight_decay=5e-4)
-    x, y = torch.randn(batch, 3, *size), torch.arange(batch) // 4
+SMALL = {"baseline": dict(backbone="resnet18"), "ifd": dict(backbone="resnet18", method_opts={"attn_epochs": 1}),
+         "ccafl": dict(backbone="reid-tiny-rn", method_opts=dict(prompt_epochs=1, icdl_epochs=2, assoc_rate=1.0))}
+PAPER = {"baseline": dict(backbone="resnet50", image_size=(256, 128), batch_size=64, num_instances=4),
+         "ifd": dict(backbone="resnet50", image_size=(384, 192), batch_size=32, num_instances=8, method_opts={"attn_epochs": 1}),
+         "ccafl": dict(backbone="RN50", image_size=(256, 128), batch_size=128, num_instances=8,
+                       method_opts=dict(prompt_epochs=1, icdl_epochs=2, assoc_rate=1.0))}
+DATASET = {"baseline": "synth-market", "ifd": "synth-prcc", "ccafl": "synth-market"}
+
+def _sync(dev):
+    if dev.type == "cuda": torch.cuda.synchronize()
+
+def bare(method, model, batch, stage, cfg, dev, iters):
+    "The method's loss + backward + step on one batch on the device, `iters` times after 2 warm-up steps."
+    from reid_nb.engine import _autocast, build_optimizer
+    opt = build_optimizer(method.parameters(model, stage), cfg, cfg.lr)
+    model.train()
     for i in range(iters + 2):
-        if i == 2: t = time.perf_counter()                  # two warm-up steps
-        out = model(x)
-        loss = label_smoothed_ce(out["logits"], y) + triplet_loss(out["feat"], y)
-        opt.zero_grad(); loss.backward(); opt.step()
-    return batch * iters / (time.perf_counter() - t)
+        if i == 2: _sync(dev); t = time.perf_counter()
+        with _autocast(cfg, dev): loss = method.loss(model, batch, stage, 0)["loss"]
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+    _sync(dev)
+    return len(batch["img"]) * iters / (time.perf_counter() - t)
 
-def loader(data, size, batch, iters, workers):
-    tf, _ = build_transforms(TransformConfig(size=tuple(size)))
-    ds = ImageDataset(data.train, tf)
-    s = RandomIdentitySampler([x.pid for x in data.train], batch, 4, seed=0)
-    n, t = 0, time.perf_counter()
-    while n < iters:
-        s.set_epoch(n)
-        for b in torch.utils.data.DataLoader(ds, batch_size=batch, sampler=s, drop_last=True, num_workers=workers):
+def measure(name, cfg, iters):
+    from reid_nb.engine import METHODS, fit, load_data, load_methods, train_batches, transform_config, _to
+    from reid_nb.data import ImageDataset
+    from reid_nb.transforms import build_transforms
+    load_methods()
+    dev = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    data = load_data(cfg, METHODS[cfg.method])
+    method = METHODS[cfg.method](cfg, data)
+    model = method.build_model().to(dev)
+    train_tf, _ = build_transforms(transform_config(cfg), method.label_set)
+    ds = ImageDataset(data.train, train_tf, label_set=method.label_set, labels=method.train_labels())
+    sampler = method.sampler(cfg.batch_size)
+    cache = None
+    if cfg.data_path == "cache":
+        from reid_nb.datapath import DecodedCache
+        cache = DecodedCache.build(data.train, train_tf, method.label_set, cfg.num_workers)
+    dl = train_batches(cfg, ds, sampler, dev, cache)
+    n, t = 0, None
+    for e in range(100):                                              # the loader alone, past its first batch
+        sampler.set_epoch(e)
+        for b in dl:
+            b = _to(b, dev)
+            if t is None: _sync(dev); t = time.perf_counter(); continue
             n += 1
             if n == iters: break
-    return batch * iters / (time.perf_counter() - t)
+        if n == iters: break
+    _sync(dev); r_load = cfg.batch_size * n / (time.perf_counter() - t)
+    stages = method.stages()
+    stage = stages[-1]                                                 # the stage of the engine's last epoch, which it reports
+    epoch = sum(s.epochs for s in stages[:-1])
+    for s in stages[:-1]: method.on_epoch_start(model, s, 0)          # what the last stage builds on (e.g. CCAFL's prompts)
+    method.on_epoch_start(model, stage, epoch)
+    batch = _to(next(iter(dl)), dev)
+    r_bare = bare(method, model, batch, stage, cfg, dev, iters)           # (same stage, same loss terms as the engine's last epoch)
+    fit(cfg)
+    rows = list(csv.DictReader(open(Path(cfg.out_dir) / cfg.name / "log.csv")))
+    r_eng = float(rows[-1]["images_per_s"])
+    serial = 1 / (1 / r_bare + 1 / r_load)
+    return dict(method=name, stage=stage.name, device=str(dev), bare=r_bare, loader=r_load, engine=r_eng, eng_bare=r_eng / r_bare,
+                eng_serial=r_eng / serial)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backbone", default="resnet18"); ap.add_argument("--size", type=int, nargs=2, default=[128, 64])
-    ap.add_argument("--batch", type=int, default=32); ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--methods", nargs="+", default=["baseline", "ifd", "ccafl"]); ap.add_argument("--paper", action="store_true")
+    ap.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"]); ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--data-path", default="pil", choices=["pil", "cache"]); ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--device", default="auto")
     a = ap.parse_args()
+    from reid_nb.engine import make_config
+    out = []
     with tempfile.TemporaryDirectory() as d:
-        data = load_dataset("synth-prcc", Path(d) / "data")
-        cfg = make_config("baseline", "synth-prcc", data_root=str(Path(d) / "data"), out_dir=str(Path(d) / "runs"), backbone=a.backbone,
-                          image_size=tuple(a.size), batch_size=a.batch, epochs=2, max_iters=a.iters // 2, progress=False,
-                          num_workers=a.workers, flip_test=False)
-        r_bare = bare(a.backbone, a.size, a.batch, a.iters, data.num_train_pids)
-        r_load = loader(data, a.size, a.batch, a.iters, a.workers)
-        fit(cfg)
-        import csv
-        rows = list(csv.DictReader(open(Path(d) / "runs" / "demo" / "log.csv")))
-        r_eng = float(rows[-1]["images_per_s"])                    # second epoch: past start-up
-    serial = 1 / (1 / r_bare + 1 / r_load)
-    print(f"\n{torch.get_num_threads()} threads, {a.backbone} {a.size[0]}x{a.size[1]}, batch {a.batch}, num_workers {a.workers}")
-    print(f"  bare forward+backward+step  {r_bare:8.1f} img/s")
-    print(f"  data loader alone           {r_load:8.1f} img/s   ({r_load / r_bare:.2f}x the model's consumption rate)")
-    print(f"  engine (fit)                {r_eng:8.1f} img/s")
-    print(f"  engine / bare               {r_eng / r_bare:8.2f}")
-    print(f"  engine / serial bound       {r_eng / serial:8.2f}   (1.00 = no overhead beyond loading + compute)")
+        for m in a.methods:
+            kw = {**(PAPER if a.paper else SMALL)[m]}
+            opts = kw.pop("method_opts", {})
+            base = dict(image_size=(128, 64), batch_size=32, num_instances=4) if not a.paper else {}
+            cfg = make_config(m, DATASET[m], name=m, data_root=str(Path(d) / "data"), out_dir=str(Path(d) / "runs"), epochs=3,
+                              iters_per_epoch=a.iters, eval_every=0, progress=False, amp=a.amp, num_workers=a.workers,
+                              data_path=a.data_path, device=a.device, method_opts=opts,
+                              dataset_opts=dict(n_train_ids=32, n_test_ids=4, images_per_cam=4), **{**base, **kw})
+            out.append(measure(m, cfg, a.iters))
+    r0 = out[0]
+    print(f"\n{r0['device']}, torch {torch.__version__}, {torch.get_num_threads()} threads, amp {a.amp}, data path {a.data_path}, "
+          f"num_workers {a.workers}, {'paper' if a.paper else 'CPU-sized'} settings; images/s")
+    print(f"{'method (stage)':<20}{'bare':>9}{'loader':>9}{'engine':>9}{'engine/bare':>13}{'engine/serial':>15}")
+    for r in out:
+        print(f"{r['method'] + ' (' + r['stage'] + ')':<20}{r['bare']:>9.1f}{r['loader']:>9.1f}{r['engine']:>9.1f}{r['eng_bare']:>13.2f}{r['eng_serial']:>15.2f}")
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__": main()
