@@ -401,9 +401,12 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
     cache, decoded = None, None
     if cfg.data_path == "cache":                                        # decoded once; each node's processes build their own
         from reid_nb.datapath import DecodedCache
-        build = lambda lst: DecodedCache.build(lst, train_tf, method.label_set, cfg.num_workers,
-                                               resolve_path(cfg.cache_dir) if cfg.cache_dir else None, progress=cfg.progress and rank == 0)
-        cache = method.train_cache = build(data.train)                  # CCAFL's passes over the training set read it too
+        cdir = resolve_path(cfg.cache_dir) if cfg.cache_dir else None
+        build = lambda lst: DecodedCache.build(lst, train_tf, method.label_set, cfg.num_workers, cdir, progress=cfg.progress and rank == 0)
+        if first or cdir is None: cache = build(data.train)
+        if cdir is not None: _barrier()                                 # each node's first process writes the memory-mapped
+        if not first and cdir is not None: cache = build(data.train)    # cache, the node's other processes then map it
+        method.train_cache = cache                                      # CCAFL's passes over the training set read it too
         if rank == 0:                                                   # the evaluated lists, for every evaluation
             lists = {id(l): l for p in data.protocols.values() for l in (p.query, p.gallery)}
             decoded = {k: build(l) for k, l in lists.items()}

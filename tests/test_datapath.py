@@ -38,3 +38,20 @@ def test_persistent_workers_change_nothing(tmp_path):
         fit(base.replace(name=name, num_workers=w))
         sds.append(torch.load(tmp_path / "runs" / name / "model.pt", weights_only=True))
     assert all(torch.equal(sds[0][k], sds[1][k]) for k in sds[0])
+
+def test_ddp_on_the_cache_equals_ddp_on_pil(tmp_path):
+    """Two gloo ranks: each takes its slice of every global batch from the memory-mapped cache (written by the node's first
+    process, mapped by the other) and trains exactly as the PIL path does."""
+    import os, subprocess
+    from conftest import BIN, ROOT
+    base = _cfg(tmp_path, "baseline").replace(eval_every=0, sync_bn=True)
+    sds = []
+    for name, kw in (("ddp_pil", {}), ("ddp_cache", dict(data_path="cache", cache_dir=str(tmp_path / "cache")))):
+        base.replace(name=name, **kw).save(tmp_path / f"{name}.json")
+        p = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "reid_nb.engine", "--config",
+                            str(tmp_path / f"{name}.json")], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        sds.append(torch.load(tmp_path / "runs" / name / "model.pt", weights_only=True))
+    assert all(torch.equal(sds[0][k], sds[1][k]) for k in sds[0])
+    assert list((tmp_path / "cache").glob("*.json")) and not list((tmp_path / "cache").glob(".*"))   # complete, no temporary left

@@ -203,3 +203,11 @@ def test_legacy_run_without_model_json(runs, tmp_path):
     assert read_run(old, derived)[0] == cfg
     run = next(r for r in collect_runs(tmp_path / "runs") if r.name == "old")
     plot_ifd_attention(run, n=2)
+
+def test_load_from_a_training_checkpoint(runs):
+    "checkpoints/last.pt (what a killed run leaves) loads with its own config; after the last epoch it is model.pt's model."
+    run = runs / "runs" / "ifd"
+    sample = load_checkpoint(run / "eval" / "embedding_sample.pt")
+    a = load_model(run / "checkpoints" / "last.pt", device="cpu")
+    assert a.weights.name == "last.pt" and a.cfg == read_run(run)[0]
+    assert (a(sample["paths"][:5]) - sample["features"][:5]).abs().max() < 1e-5
