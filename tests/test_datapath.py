@@ -1,5 +1,6 @@
 """The decode-cache data path gives the PIL path's training exactly: the same batches and evaluation inputs, so the same
 weights, logs and metrics after fit — for the baseline, IFD (masks, two phases) and CCAFL (its passes over the training set)."""
+import shutil
 import pandas as pd
 import pytest
 import torch
@@ -22,6 +23,7 @@ def test_fit_on_the_cache_equals_fit_on_pil(tmp_path, method):
         m = fit(_cfg(tmp_path, method).replace(name=path, **kw))
         log = pd.read_csv(tmp_path / "runs" / path / "log.csv").drop(columns=["images_per_s", "seconds"])
         got[path] = (torch.load(tmp_path / "runs" / path / "model.pt", weights_only=True), m["protocols"], log)
+        shutil.rmtree(tmp_path / "runs" / path / "checkpoints")          # a few hundred MB a run, not needed here
     ref_sd, ref_m, ref_log = got["pil"]
     for path in ("cache", "disk"):
         sd, m, log = got[path]
