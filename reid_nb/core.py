@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #2
 from __future__ import annotations
-import dataclasses, difflib, json, os, random, tempfile, types, typing
+import contextlib, dataclasses, difflib, json, os, random, tempfile, types, typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['seed_everything', 'seed_worker', 'get_device', 'is_distributed', 'atomic_write_bytes', 'atomic_write_text',
-           'atomic_write_json', 'atomic_torch_save', 'load_checkpoint', 'ConfigError', 'Config', 'RunDir',
-           'make_run_dir', 'new_names', 'lock_status', 'provenance']
+__all__ = ['seed_everything', 'seed_worker', 'get_device', 'is_distributed', 'atomic_path', 'atomic_write_bytes',
+           'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'load_checkpoint', 'ConfigError', 'Config',
+           'RunDir', 'make_run_dir', 'new_names', 'lock_status', 'provenance']
 
 # %% ../nbs/00_core.ipynb #5
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
@@ -65,19 +65,26 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 # %% ../nbs/00_core.ipynb #13
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    "Write `data` to `path` atomically (temp file in the same folder, fsync, rename)."
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    "Yield a temporary path beside `path` to write; on success fsync it and rename it to `path`, on failure remove it."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp): os.unlink(tmp)
-        raise
-    return path
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    "Write `data` to `path` atomically (temp file in the same folder, fsync, rename)."
+    with atomic_path(path) as tmp: Path(tmp).write_bytes(data)
+    return Path(path)
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     "Write `text` (UTF-8) to `path` atomically."

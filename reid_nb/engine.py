@@ -183,20 +183,12 @@ def _to(batch: dict, device) -> dict:
 def _flip(batch: dict) -> dict:
     return {k: v.flip(-1) if isinstance(v, torch.Tensor) and v.ndim >= 3 else v for k, v in batch.items()}
 
-def _cached_eval_batches(cache, transform, label_set, batch_size: int, device):
-    "Test-transform batches (normalisation only: the cache holds the resized pixels) of a `DecodedCache`, in order."
-    from reid_nb.data import mask_clothes
-    for s in range(0, len(cache), batch_size):
-        x = cache.images[s:s + batch_size].to(device)
-        m = None if cache.masks is None else cache.masks[s:s + batch_size].to(device).long()
-        x, m = transform.apply_batch(x, m)
-        yield {"img": x} if m is None else {"img": x, "mask": m, "masked_img": mask_clothes(x, m, label_set)}
-
 @torch.no_grad()
 def extract_features(method: Method, model: nn.Module, samples: list, transform, cfg: TrainConfig, device, cache=None) -> torch.Tensor:
     "(N, D) features of `samples` in eval mode (plus the flipped view when `cfg.flip_test`); from a `DecodedCache` of them if given."
     was = model.training; model.eval()
-    if cache is not None: dl = _cached_eval_batches(cache, transform, method.label_set, cfg.eval_batch_size, device)
+    if cache is not None:            # the test transform on cached pixels: normalisation only, in order
+        dl = (cache.inputs(slice(s, s + cfg.eval_batch_size), transform, None, method.label_set, device) for s in range(0, len(cache), cfg.eval_batch_size))
     else:
         ds = ImageDataset(samples, transform, label_set=method.label_set)
         dl = torch.utils.data.DataLoader(ds, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers)
