@@ -117,3 +117,24 @@ def test_bad_distmat():
 def test_block_without_any_match(dtype):
     m = evaluate_distmat(np.random.rand(3, 4).astype(dtype), [7, 8, 9], [1, 2, 3, 4], [0, 0, 0], [1, 1, 1, 1], max_rank=4)
     assert (m.num_valid, m.num_skipped) == (0, 3)
+
+@pytest.mark.parametrize("block_bytes,stats_bytes", [(2**27, 2**25), (40_000, 10_000), (10_000, 40_000)])
+def test_overlapped_blocks_exact_with_ties(monkeypatch, block_bytes, stats_bytes):
+    # integer features: every dot product is exact in float32 whatever the BLAS order, and many distances tie exactly, so the
+    # CPU path (numpy BLAS blocks, statistics in sub-blocks on a second thread) must break ties by gallery index like the reference
+    import reid_nb.metrics as M
+    monkeypatch.setattr(M, "_STATS_BYTES", stats_bytes)
+    rng = np.random.default_rng(6)
+    qp, gp = rng.integers(0, 45, 300), rng.integers(0, 40, 1200)
+    qc, gc, qcl, gcl = rng.integers(0, 4, 300), rng.integers(0, 4, 1200), rng.integers(0, 3, 300), rng.integers(0, 3, 1200)
+    centers = rng.integers(-2, 3, (45, 8))
+    qf = (centers[qp] + rng.integers(-1, 2, (300, 8))).astype(np.float32)
+    gf = (centers[gp] + rng.integers(-1, 2, (1200, 8))).astype(np.float32)
+    D = 1.0 - qf.astype(np.float64) @ gf.T.astype(np.float64)
+    assert len(np.unique(D)) < 100                               # 360,000 distances, ties everywhere
+    for mode in ("standard", "cc"):
+        m = evaluate(qf, gf, qp, gp, qc, gc, qcl, gcl, mode=mode, normalize=False, block_bytes=block_bytes)
+        ref = ref_market1501(D, qp, gp, qc, gc, 50) if mode == "standard" else ref_with_clothes(D, qp, gp, qc, gc, qcl, gcl, mode, 50)
+        assert m.num_valid == ref[-1] and abs(m.mAP - ref[0]) < 1e-9
+        np.testing.assert_allclose(m.cmc, ref[1], atol=1e-9)
+        if mode == "standard": assert abs(m.mINP - ref[2]) < 1e-9
