@@ -83,12 +83,16 @@ class DecodedCache:
                device: str | torch.device = "cpu") -> dict:
         "The transformed batch of cached items `idx` on `device`: img, and with masks mask and masked_img (as ImageDataset gives)."
         device = torch.device(device)
-        x = self.images[idx]
-        m = None if self.masks is None else self.masks[idx]          # uint8: apply_batch returns long
-        pin = device.type == "cuda"
-        if pin: x, m = x.pin_memory(), None if m is None else m.pin_memory()
-        x = x.to(device, non_blocking=pin); m = None if m is None else m.to(device, non_blocking=pin)
-        x, m = transform.apply_batch(x, m, params)
+        if device.type == "cpu":                                      # read in place: no gathered copy of the batch
+            rows = torch.arange(len(self))[idx] if isinstance(idx, slice) else torch.as_tensor(idx)
+            x, m = transform.apply_batch(self.images, self.masks, params, rows)
+        else:                                                         # gather, pinned copy, one transfer, augment there
+            x = self.images[idx]
+            m = None if self.masks is None else self.masks[idx]      # uint8: apply_batch returns long
+            pin = device.type == "cuda"
+            if pin: x, m = x.pin_memory(), None if m is None else m.pin_memory()
+            x = x.to(device, non_blocking=pin); m = None if m is None else m.to(device, non_blocking=pin)
+            x, m = transform.apply_batch(x, m, params)
         return {"img": x} if m is None else {"img": x, "mask": m, "masked_img": mask_clothes(x, m, label_set)}
 
 # %% ../nbs/15_datapath.ipynb #942f926b

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
+from fastcore.basics import patch
 from PIL import Image
 
 from .core import Config
@@ -85,23 +86,14 @@ class PairTransform:
         x, m = self.apply_batch(x[None], None if m is None else m[None], [self.draw(gen)] if self.train else None)
         return x[0], None if m is None else m[0]
 
-    def apply_batch(self, x: torch.Tensor, m: torch.Tensor | None = None, params: list | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Resized images (B,3,H,W) uint8 (or float in [0,1]) and masks (B,H,W) -> normalised (B,3,H,W) float and augmented masks,
-        with one `draw()` per sample (`params`, for training): pad + crop, flip, normalise, erase — on the tensors' device."""
-        c, B, (H, W) = self.cfg, len(x), self.cfg.size
+    def apply_batch(self, x: torch.Tensor, m: torch.Tensor | None = None, params: list | None = None,
+                    rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Resized images (N,3,H,W) uint8 (or float in [0,1]) and masks (N,H,W) -> normalised (B,3,H,W) float and augmented masks,
+        with one `draw()` per sample (`params`, for training): pad + crop, flip, normalise, erase — on the tensors' device.
+        `rows`: which of the N to take (a decode cache's items; all by default), read in place rather than gathered first."""
+        if params is not None: x, m = self._crop_flip(x, m, params, rows)
+        elif rows is not None: x, m = x[rows], None if m is None else m[rows]
         scale = 255 if x.dtype == torch.uint8 else 1
-        if params is not None and c.pad == 0: x, m = x.clone(), None if m is None else m.clone()   # flipped in place below
-        if params is not None:
-            if c.pad > 0:
-                p = [c.pad] * 4
-                x = F.pad(x, p)                                                   # zeros; the mask's 0 is background
-                if m is not None: m = F.pad(m, p)
-                x = torch.stack([x[k, :, i:i + H, j:j + W] for k, (i, j, *_) in enumerate(params)])   # views, one copy
-                if m is not None: m = torch.stack([m[k, i:i + H, j:j + W] for k, (i, j, *_) in enumerate(params)])
-            flip = torch.tensor([q[2] for q in params], device=x.device)
-            if flip.any():
-                x[flip] = x[flip].flip(-1)
-                if m is not None: m[flip] = self.flip_perm.to(m.device)[m[flip].flip(-1).long()].to(m.dtype)
         # (x / scale - mean) / std, the same operations in place: one float copy instead of four
         x = x.to(torch.float32, copy=True).div_(scale).sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
         for k, q in enumerate(params or []):
@@ -111,3 +103,24 @@ class PairTransform:
 def build_transforms(cfg: TransformConfig = TransformConfig(), label_set: str | LabelSet = "lip") -> tuple[PairTransform, PairTransform]:
     "(train, test) transforms."
     return PairTransform(cfg, True, label_set), PairTransform(cfg, False, label_set)
+
+# %% ../nbs/02_transforms.ipynb #4d7de36e
+@patch
+def _crop_flip(self: PairTransform, x: torch.Tensor, m: torch.Tensor | None, params: list, rows: torch.Tensor | None = None):
+    "Pad + crop + flip of sample `rows[k]` (or k) of x (N,3,H,W) and m (N,H,W) by `params[k]`: new (B,3,H,W) and (B,H,W) tensors."
+    p, (H, W) = self.cfg.pad, self.cfg.size
+    src = range(len(params)) if rows is None else rows.tolist()
+    xo = x.new_zeros((len(params), x.shape[1], H, W))
+    mo = None if m is None else m.new_zeros((len(params), H, W))
+    perm = None if m is None else self.flip_perm.to(m.device)
+    for k, (r, (i, j, flip, _)) in enumerate(zip(src, params)):
+        # the window [i, i+H) x [j, j+W) of the padded image; the image itself sits at [p, p+H) x [p, p+W)
+        t, b, l, e = max(i, p), min(i + H, p + H), max(j, p), min(j + W, p + W)
+        if t >= b or l >= e: continue                                 # a window wholly in the padding (pad > size)
+        cols = slice(W - (e - j), W - (l - j)) if flip else slice(l - j, e - j)
+        xs = x[r, :, t - p:b - p, l - p:e - p]
+        xo[k, :, t - i:b - i, cols] = xs.flip(-1) if flip else xs
+        if m is not None:
+            ms = m[r, t - p:b - p, l - p:e - p]
+            mo[k, t - i:b - i, cols] = perm.index_select(0, ms.flip(-1).reshape(-1).long()).view(ms.shape).to(m.dtype) if flip else ms
+    return xo, mo

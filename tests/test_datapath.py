@@ -57,3 +57,32 @@ def test_ddp_on_the_cache_equals_ddp_on_pil(tmp_path):
         sds.append(torch.load(tmp_path / "runs" / name / "model.pt", weights_only=True))
     assert all(torch.equal(sds[0][k], sds[1][k]) for k in sds[0])
     assert list((tmp_path / "cache").glob("*.json")) and not list((tmp_path / "cache").glob(".*"))   # complete, no temporary left
+
+def _plain_augment(tr, x, m, params):
+    "The training geometry written plainly, one sample at a time: zero-pad, crop, mirror (mask labels through flip_perm)."
+    p, (H, W) = tr.cfg.pad, tr.cfg.size
+    xs, ms = [], []
+    for k, (i, j, flip, _) in enumerate(params):
+        xk = torch.nn.functional.pad(x[k], [p] * 4)[:, i:i + H, j:j + W]
+        mk = None if m is None else torch.nn.functional.pad(m[k], [p] * 4)[i:i + H, j:j + W]
+        if flip: xk, mk = xk.flip(-1), None if mk is None else tr.flip_perm[mk.flip(-1).long()].to(m.dtype)
+        xs.append(xk); ms.append(mk)
+    return torch.stack(xs), None if m is None else torch.stack(ms)
+
+@pytest.mark.parametrize("seed", range(12))
+def test_crop_flip_in_place_equals_pad_crop_flip(seed):
+    from reid_nb.transforms import PairTransform, TransformConfig
+    g = torch.Generator().manual_seed(seed)
+    (H, W), pad = [(16, 8), (9, 7), (32, 16)][seed % 3], [0, 3, 10, 20][seed % 4]      # pad 20 > 9: windows wholly in the padding
+    tr = PairTransform(TransformConfig(size=(H, W), pad=pad, erase_p=0.0), train=True)
+    x = torch.randint(0, 256, (7, 3, H, W), dtype=torch.uint8, generator=g)
+    m = torch.randint(0, 20, (7, H, W), generator=g).to(torch.uint8)
+    rows = torch.randint(0, 7, (5,), generator=g)
+    params = [tr.draw(torch.Generator().manual_seed(100 * seed + k)) for k in range(5)]
+    assert any(q[2] for q in params) or seed % 4 == 0
+    xo, mo = tr._crop_flip(x, m, params, rows)
+    xr, mr = _plain_augment(tr, x[rows], m[rows], params)
+    assert torch.equal(xo, xr) and torch.equal(mo, mr)
+    xa, ma = tr.apply_batch(x, m, params, rows)                           # rows read in place == the gathered batch
+    xb, mb = tr.apply_batch(x[rows], m[rows], params)
+    assert torch.equal(xa, xb) and torch.equal(ma, mb)
