@@ -11,6 +11,7 @@ and engine / bare (1.00 = the engine adds nothing to the model's own cost) and e
     python bench/train_bench.py                                  # CPU-sized settings: ResNet-18 / tiny CLIP, 128x64, batch 32
     python bench/train_bench.py --paper --amp bf16 --workers 8   # on a GPU: ResNet-50 / RN50 at the papers' sizes and batches
     python bench/train_bench.py --methods baseline --data-path cache
+    python bench/train_bench.py --sweep                          # bare compute per precision x memory format, ratio to fp32 NCHW
 """
 import argparse, csv, os, sys, tempfile, time
 from pathlib import Path
@@ -29,9 +30,12 @@ def _sync(dev):
 
 def bare(method, model, batch, stage, cfg, dev, iters):
     "The method's loss + backward + step on one batch on the device, `iters` times after 2 warm-up steps."
-    from reid_nb.engine import _autocast, build_optimizer
+    from reid_nb.engine import _autocast, _to, build_optimizer, resolve_memory_format
     opt = build_optimizer(method.parameters(model, stage), cfg, cfg.lr)
     model.train()
+    mf = resolve_memory_format(cfg.memory_format, dev)
+    model, batch = model.to(memory_format=mf), _to(batch, dev, mf)
+    if cfg.compile: model.compile()
     for i in range(iters + 2):
         if i == 2: _sync(dev); t = time.perf_counter()
         with _autocast(cfg, dev): loss = method.loss(model, batch, stage, 0)["loss"]
@@ -39,17 +43,22 @@ def bare(method, model, batch, stage, cfg, dev, iters):
     _sync(dev)
     return len(batch["img"]) * iters / (time.perf_counter() - t)
 
-def measure(name, cfg, iters):
-    from reid_nb.engine import METHODS, fit, load_data, load_methods, train_batches, transform_config, _to
+def setup(cfg):
+    "(device, data, method, training transform, dataset) as fit builds them."
+    from reid_nb.engine import METHODS, load_data, load_methods, transform_config
     from reid_nb.data import ImageDataset
     from reid_nb.transforms import build_transforms
     load_methods()
     dev = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
     data = load_data(cfg, METHODS[cfg.method])
     method = METHODS[cfg.method](cfg, data)
-    model = method.build_model().to(dev)
     train_tf, _ = build_transforms(transform_config(cfg), method.label_set)
-    ds = ImageDataset(data.train, train_tf, label_set=method.label_set, labels=method.train_labels())
+    return dev, data, method, train_tf, ImageDataset(data.train, train_tf, label_set=method.label_set, labels=method.train_labels())
+
+def measure(name, cfg, iters):
+    from reid_nb.engine import fit, train_batches, _to
+    dev, data, method, train_tf, ds = setup(cfg)
+    model = method.build_model().to(dev)
     sampler = method.sampler(cfg.batch_size)
     cache = None
     if cfg.data_path == "cache":
@@ -80,10 +89,34 @@ def measure(name, cfg, iters):
     return dict(method=name, stage=stage.name, device=str(dev), bare=r_bare, loader=r_load, engine=r_eng, eng_bare=r_eng / r_bare,
                 eng_serial=r_eng / serial)
 
+def sweep(name, cfg, iters):
+    "Bare compute of one method for each precision x memory format (a fresh model each), in one process: the defaults' evidence."
+    from reid_nb.engine import train_batches, _to
+    dev, data, method, train_tf, ds = setup(cfg)
+    batch = _to(next(iter(train_batches(cfg, ds, method.sampler(cfg.batch_size), dev))), dev)
+    amps = ["off", "bf16"] + (["fp16"] if dev.type == "cuda" else [])
+    rates = {}
+    for rep in range(2):                                                # interleaved repeats; the faster of two
+        for amp in amps:
+            for fmt in ("contiguous", "channels_last"):
+                torch.manual_seed(0)
+                model = method.build_model().to(dev)
+                stages = method.stages(); stage = stages[-1]
+                for s in stages[:-1]: method.on_epoch_start(model, s, 0)
+                method.on_epoch_start(model, stage, sum(s.epochs for s in stages[:-1]))
+                r = bare(method, model, batch, stage, cfg.replace(amp=amp, memory_format=fmt), dev, iters)
+                rates[amp, fmt] = max(r, rates.get((amp, fmt), 0))
+    ref = rates["off", "contiguous"]
+    print(f"\n{name} ({stage.name}) on {dev}, batch {cfg.batch_size}, {cfg.image_size[0]}x{cfg.image_size[1]}, {cfg.backbone}: images/s (ratio to fp32 contiguous)")
+    for (amp, fmt), r in rates.items(): print(f"  {amp:>5} {fmt:<14}{r:9.1f}  {r / ref:5.2f}x")
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="+", default=["baseline", "ifd", "ccafl"]); ap.add_argument("--paper", action="store_true")
-    ap.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"]); ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"]); ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--memory-format", default="auto", choices=["auto", "channels_last", "contiguous"])
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (engine and bare alike)")
+    ap.add_argument("--sweep", action="store_true", help="only bare compute, for every precision x memory format")
     ap.add_argument("--data-path", default="pil", choices=["pil", "cache"]); ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--device", default="auto")
     a = ap.parse_args()
@@ -96,11 +129,14 @@ def main():
             base = dict(image_size=(128, 64), batch_size=32, num_instances=4) if not a.paper else {}
             cfg = make_config(m, DATASET[m], name=m, data_root=str(Path(d) / "data"), out_dir=str(Path(d) / "runs"), epochs=3,
                               iters_per_epoch=a.iters, eval_every=0, progress=False, amp=a.amp, num_workers=a.workers,
+                              memory_format=a.memory_format, compile=a.compile,
                               data_path=a.data_path, device=a.device, method_opts=opts,
                               dataset_opts=dict(n_train_ids=32, n_test_ids=4, images_per_cam=4), **{**base, **kw})
+            if a.sweep: sweep(m, cfg, a.iters); continue
             out.append(measure(m, cfg, a.iters))
+    if a.sweep: return
     r0 = out[0]
-    print(f"\n{r0['device']}, torch {torch.__version__}, {torch.get_num_threads()} threads, amp {a.amp}, data path {a.data_path}, "
+    print(f"\n{r0['device']}, torch {torch.__version__}, {torch.get_num_threads()} threads, amp {a.amp}, memory format {a.memory_format}{', compiled' if a.compile else ''}, data path {a.data_path}, "
           f"num_workers {a.workers}, {'paper' if a.paper else 'CPU-sized'} settings; images/s")
     print(f"{'method (stage)':<20}{'bare':>9}{'loader':>9}{'engine':>9}{'engine/bare':>13}{'engine/serial':>15}")
     for r in out:

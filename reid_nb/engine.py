@@ -26,8 +26,9 @@ from .transforms import TransformConfig, build_transforms
 # %% auto #0
 __all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'TrainConfig', 'project_root', 'resolve_path', 'Stage', 'Method',
            'load_methods', 'register_method', 'build_optimizer', 'lr_factor', 'stage_optimizer', 'extract_features',
-           'evaluate_protocols', 'write_log', 'GlobalBatchNorm', 'convert_sync_bn', 'transform_config', 'model_spec',
-           'load_data', 'train_batches', 'fit', 'parse_sets', 'main', 'make_config']
+           'evaluate_protocols', 'write_log', 'GlobalBatchNorm', 'convert_sync_bn', 'resolve_amp',
+           'resolve_memory_format', 'transform_config', 'model_spec', 'load_data', 'train_batches', 'fit', 'parse_sets',
+           'main', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -53,7 +54,10 @@ class TrainConfig(Config):
     gamma: float = 0.1
     warmup_epochs: int = 0
     warmup_factor: float = 0.01
-    amp: str = "off"                         # off | bf16 | fp16 (fp16 on CUDA only)
+    amp: str = "auto"                        # auto: bf16 on CUDA GPUs that have it, fp16 + GradScaler on other CUDA GPUs, off
+                                             # elsewhere | off | bf16 | fp16 (CUDA only)
+    memory_format: str = "auto"              # auto: channels_last on CUDA, contiguous elsewhere | channels_last | contiguous
+    compile: bool = False                    # torch.compile the model's forward (in place: the state dict keeps its keys)
     grad_clip: float = 0.0                   # max gradient norm, 0 = off
     eval_every: int = 2                      # evaluate every N epochs (0: only at the end)
     eval_batch_size: int = 128
@@ -75,8 +79,8 @@ class TrainConfig(Config):
     progress: bool = True
 
     def __post_init__(self):
-        for k, ok in [("optimizer", ("adam", "adamw", "sgd")), ("scheduler", ("step", "cosine", "constant")), ("amp", ("off", "bf16", "fp16")),
-                      ("schedule", ("global", "stage")), ("data_path", ("pil", "cache"))]:
+        for k, ok in [("optimizer", ("adam", "adamw", "sgd")), ("scheduler", ("step", "cosine", "constant")), ("amp", ("auto", "off", "bf16", "fp16")),
+                      ("schedule", ("global", "stage")), ("data_path", ("pil", "cache")), ("memory_format", ("auto", "channels_last", "contiguous"))]:
             if getattr(self, k) not in ok: raise ValueError(f"TrainConfig.{k}={getattr(self, k)!r} is not one of {list(ok)}")
 
 def project_root(start: Path | None = None) -> Path | None:
@@ -177,8 +181,10 @@ def stage_optimizer(params, cfg: TrainConfig, lr: float, previous: torch.optim.O
     return opt
 
 # %% ../nbs/08_engine.ipynb #13
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def _to(batch: dict, device, memory_format: torch.memory_format = torch.preserve_format) -> dict:
+    "The batch's tensors on `device`; images (4-D float) in `memory_format` (channels_last where the model is)."
+    return {k: (v.to(device, non_blocking=True, memory_format=memory_format) if v.dim() == 4 and v.is_floating_point()
+                else v.to(device, non_blocking=True)) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 def _flip(batch: dict) -> dict:
     return {k: v.flip(-1) if isinstance(v, torch.Tensor) and v.ndim >= 3 else v for k, v in batch.items()}
@@ -321,12 +327,31 @@ def convert_sync_bn(module: nn.Module, cuda: bool = False) -> nn.Module:
         else: convert_sync_bn(child)
     return module
 
-# %% ../nbs/08_engine.ipynb #20
-def _autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.amp == "off": return torch.autocast(device.type, enabled=False)
-    if cfg.amp == "fp16" and device.type != "cuda": raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+# %% ../nbs/08_engine.ipynb #01507124
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The precision a run trains in. `auto`: bf16 on CUDA GPUs with bf16 (no loss scaling; on an H100 ResNet-50 256x128
+    trained at 2,111 img/s in bf16 against 1,924 in fp16 and 2,003 in fp32, #14's figures), fp16 + GradScaler on older CUDA
+    GPUs, off on the CPU: there bf16 autocast is fast only where the CPU has bf16 instructions (this project's 2-core AMD EPYC
+    has avx512_bf16: ResNet-50 1.9-2.2x), and the CPU is where the published small runs and tests were measured in fp32."""
+    if amp == "auto": amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
+    if amp == "fp16" and device.type != "cuda": raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
+    return amp
 
+def resolve_memory_format(fmt: str, device: torch.device) -> torch.memory_format:
+    """`auto`: channels_last on CUDA (tensor cores read NHWC: on an H100, ResNet-50 bf16 2,111 -> 2,479 img/s, CLIP RN50 fp16
+    2,252 -> 3,177; #14's figures), contiguous on the CPU. There channels_last gave 1.5x for ResNet-50 256x128 and 1.06x
+    for ResNet-18 128x64 on this project's CPU (fp32, `python bench/train_bench.py --sweep`; table above), but it changes the
+    arithmetic of every published CPU figure: set `memory_format="channels_last"` to have it."""
+    if fmt == "auto": fmt = "channels_last" if device.type == "cuda" else "contiguous"
+    return torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    amp = resolve_amp(cfg.amp, device)
+    if amp == "off": return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+# %% ../nbs/08_engine.ipynb #20
 def transform_config(cfg: TrainConfig) -> TransformConfig:
     "The input pipeline of a run: its image size, with CLIP's normalisation for CLIP backbones and ImageNet's otherwise."
     return TransformConfig(size=tuple(cfg.image_size), norm="clip" if cfg.backbone.startswith(("ViT", "RN", "reid-tiny")) else "imagenet")
@@ -344,7 +369,9 @@ def _write_env(rd: RunDir, cfg: TrainConfig, world: int, device: torch.device, o
     "env.json: `provenance()` of this start (with what started it); a resumed run keeps the earlier starts under `previous`."
     f = rd.path / "env.json"
     prev = json.loads(f.read_text()) if cfg.resume and f.is_file() else None
-    atomic_write_json(f, {**provenance(device=str(device), world_size=world, **(origin or {})), **({"previous": prev} if prev else {})})
+    run = {"amp": resolve_amp(cfg.amp, device), "memory_format": str(resolve_memory_format(cfg.memory_format, device)).replace("torch.", ""),
+           "compile": cfg.compile}                                     # what "auto" became on this machine
+    atomic_write_json(f, {**provenance(device=str(device), world_size=world, training=run, **(origin or {})), **({"previous": prev} if prev else {})})
 
 def load_data(cfg: TrainConfig, method_cls: type) -> ReIDData:
     if cfg.dataset not in DATASETS: raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {sorted(DATASETS)}")
@@ -378,7 +405,8 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
     _barrier()
     if not first: data = load_data(cfg, method_cls)
     method = method_cls(cfg, data)
-    model = method.build_model().to(device)
+    mem_format = resolve_memory_format(cfg.memory_format, device)
+    model = method.build_model().to(device, memory_format=mem_format)
     rd = RunDir(resolve_path(cfg.out_dir) / cfg.name)
     if rank == 0:
         make_run_dir(cfg.name, cfg.replace(resume=False), root=resolve_path(cfg.out_dir), overwrite=not cfg.resume)
@@ -403,11 +431,12 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
             lists = {id(l): l for p in data.protocols.values() for l in (p.query, p.gallery)}
             decoded = {k: build(l) for k, l in lists.items()}
     if world > 1 and cfg.sync_bn: model = convert_sync_bn(model, cuda=device.type == "cuda")
+    if cfg.compile: model.compile()                                     # its forward, in place: state dict keys unchanged
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=method.find_unused_parameters) if world > 1 else model
     stages = method.stages()
     total = sum(s.epochs for s in stages)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=resolve_amp(cfg.amp, device) == "fp16")
     ckpt_path = rd.checkpoints / "last.pt"
     log, start, state = [], 0, None
     if cfg.resume and ckpt_path.is_file():
@@ -438,7 +467,7 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
                        file=sys.stdout, leave=False, mininterval=10, ncols=90)
             for batch in dl:
                 if it == n_it: break
-                batch = _to(batch, device)
+                batch = _to(batch, device, mem_format)
                 with _autocast(cfg, device): losses = method.loss(net, batch, stage, epoch)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(losses["loss"]).backward()

@@ -189,3 +189,37 @@ def test_train_notebook_leaves_preset_settings_to_the_preset():
     assert preset_keys, "no preset sets anything"
     overridden = {k: ns[k] for k in preset_keys if k in ns and ns[k] is not None}
     assert not overridden, f"train.ipynb's parameters override preset settings: {overridden}"
+
+def test_memory_format_and_compile_train_alike(data_dir):
+    # one step each, contiguous vs channels_last vs a compiled forward: the first step's losses (a forward of the same initial
+    # weights on the same batch) agree to float tolerance. Weights after the step are not compared: the triplet's hard mining
+    # is discontinuous, so a rounding difference may pick another hardest pair (seen: 0.006 apart after one SGD step
+    # compiled, 8e-6 channels_last). State dicts keep their keys; env.json says what "auto" became.
+    import pandas as pd
+    base = dict(epochs=1, max_iters=1, eval_every=0)
+    runs, logs = {}, {}
+    for name, kw in (("nchw", dict(memory_format="contiguous")), ("nhwc", dict(memory_format="channels_last")),
+                     ("compiled", dict(compile=True)), ("auto", {})):
+        fit(tiny_cfg(data_dir, name=name, **base, **kw))
+        runs[name] = load_checkpoint(Path(data_dir) / "runs" / name / "model.pt")
+        logs[name] = pd.read_csv(Path(data_dir) / "runs" / name / "log.csv")
+    ref = runs["nchw"]
+    assert all(torch.equal(runs["auto"][k], ref[k]) for k in ref)                      # auto on the CPU: contiguous, fp32
+    for name in ("nhwc", "compiled"):
+        assert runs[name].keys() == ref.keys(), name
+        for term in ("loss", "id", "triplet"):
+            a, b = logs[name][term].iloc[0], logs["nchw"][term].iloc[0]
+            assert abs(a - b) <= 1e-4 * abs(b), (name, term, a, b)
+    env = json.loads((Path(data_dir) / "runs" / "auto" / "env.json").read_text())
+    assert env["training"] == {"amp": "off", "memory_format": "contiguous_format", "compile": False}
+    env = json.loads((Path(data_dir) / "runs" / "nhwc" / "env.json").read_text())
+    assert env["training"]["memory_format"] == "channels_last"
+
+def test_amp_resolution():
+    from reid_nb.engine import resolve_amp, resolve_memory_format
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) == "off" and resolve_amp("bf16", cpu) == "bf16"
+    assert resolve_memory_format("auto", cpu) == torch.contiguous_format
+    assert resolve_memory_format("channels_last", cpu) == torch.channels_last
+    with pytest.raises(ValueError, match="needs a CUDA device"): resolve_amp("fp16", cpu)
+    with pytest.raises(ValueError, match="memory_format"): tiny_cfg(Path("/tmp"), memory_format="nhwc")
