@@ -62,12 +62,21 @@ class CameraMemory(nn.Module):
 
     @torch.no_grad()
     def update(self, feats: torch.Tensor, labels: torch.Tensor):
-        "Per class in the batch: centroid <- m * centroid + (1 - m) * batch mean (normalised); first n slots <- its n features."
-        feats = F.normalize(feats.float(), dim=1)
-        for y in labels.unique().tolist():
-            f = feats[labels == y]
-            self.centroids[y] = F.normalize(self.momentum * self.centroids[y] + (1 - self.momentum) * f.mean(0), dim=0)
-            self.inst[y, :min(len(f), self.slots)] = f[:self.slots]
+        """Per class in the batch: centroid <- m * centroid + (1 - m) * batch mean (normalised); first n slots <- its n features.
+        All classes at once, without a host synchronisation or a loop over classes (the same values as one class at a time)."""
+        feats, S = F.normalize(feats.float(), dim=1), self.slots
+        n = torch.bincount(labels, minlength=len(self.centroids))
+        mean = torch.zeros_like(self.centroids).index_add_(0, labels, feats) / n.clamp(min=1)[:, None]
+        moved = F.normalize(self.momentum * self.centroids + (1 - self.momentum) * mean, dim=1)
+        self.centroids.copy_(torch.where((n > 0)[:, None], moved, self.centroids))
+        order = torch.argsort(labels, stable=True)                       # each class's samples, in batch order
+        first = torch.cumsum(n, 0) - n
+        rank = torch.empty_like(labels)
+        rank[order] = torch.arange(len(labels), device=labels.device) - first[labels[order]]   # ordinal within its class
+        # a sample past its class's S slots writes what the class's last kept sample writes, to the same slot: duplicate
+        # indices then carry equal values, and the write is deterministic
+        src = torch.where(rank < S, torch.arange(len(labels), device=labels.device), order[(first[labels] + S - 1).clamp(max=len(labels) - 1)])
+        self.inst[labels, rank.clamp(max=S - 1)] = feats[src]
 
     def centroid_logits(self, feats: torch.Tensor) -> torch.Tensor:
         return F.normalize(feats, dim=1) @ self.centroids.T / self.temp
@@ -408,11 +417,14 @@ def _apply_pending(self: CCAFL):
 @patch
 def _hard_update(self: CCAFL, fn, pk):
     "Each cluster in the batch moves towards its least similar sample (cluster contrast's hard update)."
-    with torch.no_grad():
-        sims = (fn * self.cluster_mem[pk]).sum(1)
-        for k in pk.unique():
-            j = torch.nonzero(pk == k).flatten()
-            self.cluster_mem[k] = F.normalize(self.opts.momentum * self.cluster_mem[k] + (1 - self.opts.momentum) * fn[j[sims[j].argmin()]], dim=0)
+    with torch.no_grad():                                       # every cluster at once: no loop, no host synchronisation
+        mem, B, mom = self.cluster_mem, len(pk), self.opts.momentum
+        sims = (fn * mem[pk]).sum(1)
+        low = torch.full((len(mem),), math.inf, device=fn.device).scatter_reduce(0, pk, sims, "amin")
+        at = torch.where(sims == low[pk], torch.arange(B, device=fn.device), B)
+        first = torch.full((len(mem),), B, device=fn.device).scatter_reduce(0, pk, at, "amin")   # first least similar sample (argmin's tie rule)
+        moved = F.normalize(mom * mem + (1 - mom) * fn[first.clamp(max=B - 1)], dim=1)
+        mem.copy_(torch.where((first < B)[:, None], moved, mem))
 
 # %% ../nbs/13_ccafl.ipynb #77bca807
 @patch

@@ -72,3 +72,39 @@ def test_no_true_cross_camera_identity_reaches_a_loss(tmp_path):
         assert out[("true", stage)].keys() == out[("scrambled", stage)].keys()
         for k in out[("true", stage)]: assert abs(out[("true", stage)][k] - out[("scrambled", stage)][k]) < 1e-5, (stage, k)
     assert not np.array_equal(ics.true_pid, intra_camera_labels(scrambled.train).true_pid)
+
+def _per_class_update(cent, inst, slots, mom, feats, labels):
+    "CameraMemory.update written one class at a time (the cluster-contrast way), for the vectorised version to equal."
+    cent, inst, feats = cent.clone(), inst.clone(), torch.nn.functional.normalize(feats.float(), dim=1)
+    for y in labels.unique().tolist():
+        f = feats[labels == y]
+        cent[y] = torch.nn.functional.normalize(mom * cent[y] + (1 - mom) * f.mean(0), dim=0)
+        inst[y, :min(len(f), slots)] = f[:slots]
+    return cent, inst
+
+def _per_cluster_hard_update(mem, fn, pk, mom):
+    mem = mem.clone()
+    sims = (fn * mem[pk]).sum(1)
+    for k in pk.unique():
+        j = torch.nonzero(pk == k).flatten()
+        mem[k] = torch.nn.functional.normalize(mom * mem[k] + (1 - mom) * fn[j[sims[j].argmin()]], dim=0)
+    return mem
+
+@pytest.mark.parametrize("seed", range(9))
+def test_memory_updates_without_loops_equal_per_class(seed):
+    import types
+    from reid_nb.ccafl import CameraMemory, CCAFL
+    F_ = torch.nn.functional
+    g = torch.Generator().manual_seed(seed)
+    C, S, D, B = 20, [2, 4, 32][seed % 3], [16, 256, 1024][seed % 3], [8, 32, 64][seed % 3]   # S=2: classes past their slots
+    mem = CameraMemory(torch.randn(60, D, generator=g), torch.randint(0, C, (60,), generator=g), C, slots=S, momentum=0.1, generator=g)
+    feats, labels = torch.randn(B, D, generator=g), torch.randint(0, C, (B,), generator=g)
+    ref = _per_class_update(mem.centroids, mem.inst, S, 0.1, feats, labels)
+    mem.update(feats, labels)
+    assert torch.equal(mem.centroids, ref[0]) and torch.equal(mem.inst, ref[1])
+    fn, pk = F_.normalize(torch.randn(B, D, generator=g), dim=1), torch.randint(0, C, (B,), generator=g)
+    fn[1], pk[1] = fn[0], pk[0]                                          # a tie: the first least similar sample wins
+    cm = F_.normalize(torch.randn(C, D, generator=g), dim=1)
+    fake = types.SimpleNamespace(cluster_mem=cm.clone(), opts=types.SimpleNamespace(momentum=0.2))
+    CCAFL._hard_update(fake, fn, pk)
+    assert torch.equal(fake.cluster_mem, _per_cluster_hard_update(cm, fn, pk, 0.2))
