@@ -416,13 +416,14 @@ def _apply_pending(self: CCAFL):
 
 @patch
 def _hard_update(self: CCAFL, fn, pk):
-    "Each cluster in the batch moves towards its least similar sample (cluster contrast's hard update)."
+    "Each cluster in the batch moves towards its least similar sample (cluster contrast's hard update); `pk` -1: not clustered."
     with torch.no_grad():                                       # every cluster at once: no loop, no host synchronisation
-        mem, B, mom = self.cluster_mem, len(pk), self.opts.momentum
-        sims = (fn * mem[pk]).sum(1)
-        low = torch.full((len(mem),), math.inf, device=fn.device).scatter_reduce(0, pk, sims, "amin")
+        mem, B, K, mom = self.cluster_mem, len(pk), len(self.cluster_mem), self.opts.momentum
+        pk = torch.where(pk >= 0, pk, K)                        # samples without a pseudo identity (-1) go to a dump slot K
+        sims = (fn * mem[pk.clamp(max=K - 1)]).sum(1)
+        low = torch.full((K + 1,), math.inf, device=fn.device).scatter_reduce(0, pk, sims, "amin")
         at = torch.where(sims == low[pk], torch.arange(B, device=fn.device), B)
-        first = torch.full((len(mem),), B, device=fn.device).scatter_reduce(0, pk, at, "amin")   # first least similar sample (argmin's tie rule)
+        first = torch.full((K + 1,), B, device=fn.device).scatter_reduce(0, pk, at, "amin")[:K]   # first least similar sample (argmin's tie rule)
         moved = F.normalize(mom * mem + (1 - mom) * fn[first.clamp(max=B - 1)], dim=1)
         mem.copy_(torch.where((first < B)[:, None], moved, mem))
 
@@ -465,7 +466,7 @@ def _inter_losses(self: CCAFL, m, out, fn, y, cam_of, epoch) -> dict:
             cos = f @ F.normalize(m.ical.detach(), dim=1).T            # the classifier as this iteration's step left it
             L["ical_adv"] = ical_adversarial_loss(cos, yk, pos, cc[None] == cam[:, None], o.ical_scale, o.ical_margin, o.ical_tau, o.ical_eps)
     fd, pd = _gather(fn.detach()), _gather(ps)
-    self._pending.append(lambda: self._hard_update(fd[pd >= 0], pd[pd >= 0]) if (pd >= 0).any() else None)
+    self._pending.append(lambda: self._hard_update(fd, pd))    # pd -1: no pseudo identity, no update
     return L
 
 @patch

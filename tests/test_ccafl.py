@@ -104,7 +104,8 @@ def test_memory_updates_without_loops_equal_per_class(seed):
     assert torch.equal(mem.centroids, ref[0]) and torch.equal(mem.inst, ref[1])
     fn, pk = F_.normalize(torch.randn(B, D, generator=g), dim=1), torch.randint(0, C, (B,), generator=g)
     fn[1], pk[1] = fn[0], pk[0]                                          # a tie: the first least similar sample wins
+    pk[-3:] = -1                                                         # samples without a pseudo identity move nothing
     cm = F_.normalize(torch.randn(C, D, generator=g), dim=1)
     fake = types.SimpleNamespace(cluster_mem=cm.clone(), opts=types.SimpleNamespace(momentum=0.2))
     CCAFL._hard_update(fake, fn, pk)
-    assert torch.equal(fake.cluster_mem, _per_cluster_hard_update(cm, fn, pk, 0.2))
+    assert torch.equal(fake.cluster_mem, _per_cluster_hard_update(cm, fn[pk >= 0], pk[pk >= 0], 0.2))
