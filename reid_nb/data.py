@@ -206,9 +206,13 @@ def read_mask(path: str | Path, label_set: str | LabelSet = "lip", size: tuple[i
         raise ValueError(f"parsing mask {path} is {m.shape[1]}x{m.shape[0]}, but its image is {size[0]}x{size[1]}")
     return m.astype(np.uint8)
 
+def _lut_gather(lut: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    "`lut[mask]` for a label mask of any shape, as one index_select: the same values, ~10x faster than indexing on a CPU."
+    return lut.index_select(0, mask.reshape(-1).long()).view(mask.shape)
+
 def clothes_mask(mask: torch.Tensor, label_set: str | LabelSet = "lip", size: tuple[int, int] | None = None) -> torch.Tensor:
     "Binary clothes mask (float 0/1) of label masks (..., H, W); resized to `size` = (h, w) by majority (clothes on >= half a cell)."
-    m = get_label_set(label_set).clothes_lut().to(mask.device).index_select(0, mask.reshape(-1).long()).view(mask.shape).float()
+    m = _lut_gather(get_label_set(label_set).clothes_lut().to(mask.device), mask).float()
     if size is not None and tuple(m.shape[-2:]) != tuple(size):
         lead = m.shape[:-2]
         m = (F.adaptive_avg_pool2d(m.reshape(-1, 1, *m.shape[-2:]), size) >= 0.5).float().reshape(*lead, *size)
@@ -217,8 +221,7 @@ def clothes_mask(mask: torch.Tensor, label_set: str | LabelSet = "lip", size: tu
 def mask_clothes(img: torch.Tensor, mask: torch.Tensor, label_set: str | LabelSet = "lip") -> torch.Tensor:
     "The clothes-masked image: clothes pixels set to zero (after normalisation, i.e. the mean colour)."
     keep = 1 - get_label_set(label_set).clothes_lut().to(mask.device).float()     # 1 - clothes_mask(mask), gathered at once
-    # index_select rather than keep[mask]: the same gather, ~10x faster on a CPU
-    return img * keep.index_select(0, mask.reshape(-1).long()).view(mask.shape).unsqueeze(-3)
+    return img * _lut_gather(keep, mask).unsqueeze(-3)
 
 # %% ../nbs/01_data.ipynb #15
 def _open_image(path: str | Path) -> Image.Image:

@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from PIL import Image
 
 from .core import Config
-from .data import LabelSet, get_label_set
+from .data import LabelSet, _lut_gather, get_label_set
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'NORMS', 'TransformConfig', 'PairTransform',
@@ -122,5 +122,5 @@ def _crop_flip(self: PairTransform, x: torch.Tensor, m: torch.Tensor | None, par
         xo[k, :, t - i:b - i, cols] = xs.flip(-1) if flip else xs
         if m is not None:
             ms = m[r, t - p:b - p, l - p:e - p]
-            mo[k, t - i:b - i, cols] = perm.index_select(0, ms.flip(-1).reshape(-1).long()).view(ms.shape).to(m.dtype) if flip else ms
+            mo[k, t - i:b - i, cols] = _lut_gather(perm, ms.flip(-1)).to(m.dtype) if flip else ms
     return xo, mo
