@@ -30,15 +30,15 @@ def _sync(dev):
 
 def bare(method, model, batch, stage, cfg, dev, iters):
     "The method's loss + backward + step on one batch on the device, `iters` times after 2 warm-up steps."
-    from reid_nb.engine import _autocast, _to, build_optimizer, resolve_memory_format
+    from reid_nb.engine import _autocast, _to, build_optimizer, resolve_amp, resolve_memory_format
     opt = build_optimizer(method.parameters(model, stage), cfg, cfg.lr)
     model.train()
-    mf = resolve_memory_format(cfg.memory_format, dev)
+    mf, amp = resolve_memory_format(cfg.memory_format, dev), resolve_amp(cfg.amp, dev)
     model, batch = model.to(memory_format=mf), _to(batch, dev, mf)
     if cfg.compile: model.compile()
     for i in range(iters + 2):
         if i == 2: _sync(dev); t = time.perf_counter()
-        with _autocast(cfg, dev): loss = method.loss(model, batch, stage, 0)["loss"]
+        with _autocast(amp, dev): loss = method.loss(model, batch, stage, 0)["loss"]
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     _sync(dev)
     return len(batch["img"]) * iters / (time.perf_counter() - t)

@@ -183,8 +183,8 @@ def stage_optimizer(params, cfg: TrainConfig, lr: float, previous: torch.optim.O
 # %% ../nbs/08_engine.ipynb #13
 def _to(batch: dict, device, memory_format: torch.memory_format = torch.preserve_format) -> dict:
     "The batch's tensors on `device`; images (4-D float) in `memory_format` (channels_last where the model is)."
-    return {k: (v.to(device, non_blocking=True, memory_format=memory_format) if v.dim() == 4 and v.is_floating_point()
-                else v.to(device, non_blocking=True)) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    def fmt(v): return memory_format if v.dim() == 4 and v.is_floating_point() else torch.preserve_format
+    return {k: v.to(device, non_blocking=True, memory_format=fmt(v)) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 def _flip(batch: dict) -> dict:
     return {k: v.flip(-1) if isinstance(v, torch.Tensor) and v.ndim >= 3 else v for k, v in batch.items()}
@@ -345,8 +345,8 @@ def resolve_memory_format(fmt: str, device: torch.device) -> torch.memory_format
     if fmt == "auto": fmt = "channels_last" if device.type == "cuda" else "contiguous"
     return torch.channels_last if fmt == "channels_last" else torch.contiguous_format
 
-def _autocast(cfg: TrainConfig, device: torch.device):
-    amp = resolve_amp(cfg.amp, device)
+def _autocast(amp: str, device: torch.device):
+    "The autocast context of a resolved precision (`resolve_amp`): resolved once per run, entered every step."
     if amp == "off": return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
@@ -397,7 +397,7 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
     load_methods()
     if cfg.method not in METHODS: raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
     rank, world, device = _dist_setup(cfg)
-    _autocast(cfg, device)                                              # fails now on an AMP mode the device cannot run
+    amp = resolve_amp(cfg.amp, device)                                  # fails now on an AMP mode the device cannot run
     seed_everything(cfg.seed, cfg.deterministic)
     method_cls = METHODS[cfg.method]
     first = int(os.environ.get("LOCAL_RANK", "0")) == 0               # each node's first process first: synthetic data may be
@@ -436,7 +436,7 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
                                               find_unused_parameters=method.find_unused_parameters) if world > 1 else model
     stages = method.stages()
     total = sum(s.epochs for s in stages)
-    scaler = torch.amp.GradScaler("cuda", enabled=resolve_amp(cfg.amp, device) == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     ckpt_path = rd.checkpoints / "last.pt"
     log, start, state = [], 0, None
     if cfg.resume and ckpt_path.is_file():
@@ -468,7 +468,7 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
             for batch in dl:
                 if it == n_it: break
                 batch = _to(batch, device, mem_format)
-                with _autocast(cfg, device): losses = method.loss(net, batch, stage, epoch)
+                with _autocast(amp, device): losses = method.loss(net, batch, stage, epoch)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(losses["loss"]).backward()
                 if cfg.grad_clip > 0:
