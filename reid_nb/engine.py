@@ -43,6 +43,7 @@ class TrainConfig(Config):
     backbone: str = "resnet18"
     weights: str | None = None               # None | "imagenet" | "openai" | path of a local file
     image_size: tuple[int, int] = (128, 64)
+    transform_opts: dict = field(default_factory=dict)   # TransformConfig keys beyond size and norm (e.g. CAL's crop, in IFD's preset)
     epochs: int = 10
     batch_size: int = 32                     # global: split over DDP ranks
     num_instances: int = 4                   # K images per identity in a batch
@@ -117,6 +118,12 @@ class Method:
         "`data=None`: the method without its training set, enough to build the model and compute features (`for_inference`)."
         self.cfg, self.data = cfg, data
         self.num_classes = data.num_train_pids if data is not None else 0
+        self.label_set = self.mask_label_set(cfg) or Method.label_set
+
+    @classmethod
+    def mask_label_set(cls, cfg: TrainConfig) -> str | None:
+        "The label set this method reads parsing masks in (None: it reads none); `load_data` loads the masks in it, nothing else decides."
+        return None
 
     @classmethod
     def for_inference(cls, cfg: TrainConfig, spec: dict) -> "Method":
@@ -353,8 +360,11 @@ def _autocast(amp: str, device: torch.device):
 
 # %% ../nbs/08_engine.ipynb #20
 def transform_config(cfg: TrainConfig) -> TransformConfig:
-    "The input pipeline of a run: its image size, with CLIP's normalisation for CLIP backbones and ImageNet's otherwise."
-    return TransformConfig(size=tuple(cfg.image_size), norm="clip" if cfg.backbone.startswith(("ViT", "RN", "reid-tiny")) else "imagenet")
+    "The input pipeline of a run: its image size, CLIP's normalisation for CLIP backbones (ImageNet's otherwise), `transform_opts`."
+    norm = "clip" if cfg.backbone.startswith(("ViT", "RN", "reid-tiny")) else "imagenet"
+    if {"size", "norm"} & set(cfg.transform_opts):
+        raise ValueError(f"transform_opts {sorted(cfg.transform_opts)}: the size comes from image_size and the normalisation from the backbone")
+    return TransformConfig.from_dict({**cfg.transform_opts, "size": tuple(cfg.image_size), "norm": norm}, source="transform_opts")
 
 MODEL_FORMAT = 1                             # model.json's format: load_model refuses another
 
@@ -376,7 +386,13 @@ def _write_env(rd: RunDir, cfg: TrainConfig, world: int, device: torch.device, o
 def load_data(cfg: TrainConfig, method_cls: type) -> ReIDData:
     if cfg.dataset not in DATASETS: raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {sorted(DATASETS)}")
     opts = dict(cfg.dataset_opts)
-    if method_cls.needs_masks and "label_set" in cfg.method_opts: opts.setdefault("label_set", cfg.method_opts["label_set"])   # masks read as the method reads them
+    ls = method_cls.mask_label_set(cfg) if method_cls.needs_masks else None
+    if ls is not None:                                                  # the masks are loaded in the set the method reads them in
+        if opts.get("label_set", ls) != ls:
+            raise ValueError(f"dataset_opts label_set={opts['label_set']!r} but method {cfg.method!r} reads the masks as {ls!r}: a mask "
+                             f"read in the wrong label set turns clothes into other parts. Set the method's label set instead, "
+                             f"e.g. method_opts={{'label_set': {opts['label_set']!r}}}, and drop it from dataset_opts")
+        opts["label_set"] = ls
     # a method that does not read parsing masks does not load them (nor decode them every epoch), even where they exist
     return load_dataset(cfg.dataset, resolve_path(cfg.data_root), masks=bool(method_cls.needs_masks), **opts)
 
@@ -546,6 +562,6 @@ def make_config(method: str = "baseline", dataset: str = "synth-prcc", preset: s
     presets = {"demo": lambda ds: {}, **METHODS[method].presets}
     if preset not in presets: raise ValueError(f"unknown preset {preset!r} for {method}; choose one of {sorted(presets)}")
     base = presets[preset](dataset)
-    for k in ("method_opts", "dataset_opts"):           # option dicts merge: an override adds to the preset's, key by key
+    for k in ("method_opts", "dataset_opts", "transform_opts"):   # option dicts merge: an override adds to the preset's, key by key
         if k in overrides and overrides[k] is not None: overrides = {**overrides, k: {**base.get(k, {}), **overrides[k]}}
     return TrainConfig.from_dict({**base, "method": method, "dataset": dataset, **overrides}, source=f"preset {preset!r} + overrides")

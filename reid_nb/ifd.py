@@ -14,12 +14,12 @@ from .core import Config
 from .backbones import ResNetTrunk
 from .data import clothes_mask, get_label_set
 from .engine import Method, Stage, TrainConfig, register_method
-from .losses import label_smoothed_ce, supcon_loss
+from .losses import _all_ranks, label_smoothed_ce, supcon_loss
 from .samplers import ProportionalRASSampler
 
 # %% auto #0
-__all__ = ['VARIANTS', 'SpatialAttention', 'IFDNet', 'ccl_weights', 'clothing_contrastive_loss', 'IFDOpts', 'ifd_paper_preset',
-           'IFD', 'model_contrastive']
+__all__ = ['VARIANTS', 'CCL_NORMS', 'SpatialAttention', 'IFDNet', 'ccl_weights', 'clothing_contrastive_loss', 'IFDOpts',
+           'ifd_paper_preset', 'IFD', 'model_contrastive']
 
 # %% ../nbs/10_ifd.ipynb #5
 class SpatialAttention(nn.Module):
@@ -89,22 +89,33 @@ class IFDNet(nn.Module):
         return out
 
 # %% ../nbs/10_ifd.ipynb #10
-def ccl_weights(pids: torch.Tensor, clothes: torch.Tensor, T: float = 0.5) -> torch.Tensor:
-    "(N, N) Eq. 5 weights: 1/T for same-id pairs in different clothes, 1 for same clothes (non-positives get 0 in the loss)."
-    return torch.where(clothes[:, None] != clothes[None], torch.full((), 1.0 / T), torch.ones(()))
+def ccl_weights(pids: torch.Tensor, clothes: torch.Tensor, T: float = 0.5, other_clothes: torch.Tensor | None = None) -> torch.Tensor:
+    "(n, N) Eq. 5 weights of anchors (`clothes`) against samples (`other_clothes`, default the anchors): 1/T where the clothes differ, else 1."
+    o = clothes if other_clothes is None else other_clothes
+    return torch.where(clothes[:, None] != o[None], torch.full((), 1.0 / T), torch.ones(()))
 
-def clothing_contrastive_loss(f_c: torch.Tensor, pids: torch.Tensor, clothes: torch.Tensor, tau: float = 0.1, T: float = 0.5) -> torch.Tensor:
-    "Eq. 4-5: each positive against the anchor's negatives only, positives weighted by clothes (Eq. 5)."
+CCL_NORMS = ("positives", "weights")   # 1/|P_i| as Eq. 4 prints it | 1/sum_p w_p (a weighted mean: the loss's scale free of T)
+
+def clothing_contrastive_loss(f_c: torch.Tensor, pids: torch.Tensor, clothes: torch.Tensor, tau: float = 0.1, T: float = 0.5,
+                              norm: str = "positives", all_ranks: bool = False) -> torch.Tensor:
+    """Eq. 4-5: each positive against the anchor's negatives only, weighted by clothes (Eq. 5), summed and divided per anchor
+    by |P_i| (`norm="positives"`, the paper's) or by the sum of the weights (`"weights"`). `all_ranks`: under DDP each local
+    anchor is contrasted with every rank's samples (CAL's contrastive loss gathers so), as one process would."""
+    if norm not in CCL_NORMS: raise ValueError(f"CCL norm {norm!r} is not one of {list(CCL_NORMS)}")
     x = F.normalize(f_c.float(), dim=1)
-    s = x @ x.T / tau                                                   # (N, N)
-    eye = torch.eye(len(x), dtype=torch.bool, device=x.device)
-    pos = (pids[:, None] == pids[None]) & ~eye
-    neg_lse = torch.logsumexp(s.masked_fill(pids[:, None] == pids[None], float("-inf")), 1, keepdim=True)   # (N, 1), -inf: none
+    lab = torch.stack([pids, clothes], 1)
+    g, gl, off = _all_ranks(x, lab) if all_ranks else (x, lab, 0)
+    s = x @ g.T / tau                                                   # (n, N): local anchors against every sample
+    same = pids[:, None] == gl[None, :, 0]
+    eye = torch.zeros_like(same); eye[torch.arange(len(x)), off + torch.arange(len(x))] = True
+    pos = same & ~eye
+    neg_lse = torch.logsumexp(s.masked_fill(same, float("-inf")), 1, keepdim=True)   # (n, 1), -inf: no negative
     l = torch.logaddexp(s, neg_lse) - s                                 # -log(e^s_ip / (e^s_ip + sum_n e^s_in))
-    w = ccl_weights(pids, clothes, T).to(s) * pos
-    has = w.sum(1) > 0
+    w = ccl_weights(pids, clothes, T, gl[:, 1]).to(s) * pos
+    has = pos.any(1)
     if not has.any(): return f_c.sum() * 0
-    return ((w * l.masked_fill(~pos, 0)).sum(1)[has] / w.sum(1)[has]).mean()
+    denom = pos.sum(1).to(s) if norm == "positives" else w.sum(1)
+    return ((w * l.masked_fill(~pos, 0)).sum(1)[has] / denom[has]).mean()
 
 # %% ../nbs/10_ifd.ipynb #14
 @dataclass
@@ -113,6 +124,7 @@ class IFDOpts(Config):
     lam: float = 1.0                       # lambda of Eq. 6
     tau: float = 0.1                       # CCL temperature (paper: not given)
     T: float = 0.5                         # Eq. 5: positives in other clothes weigh 1/T (paper: not given)
+    ccl_norm: str = "positives"            # Eq. 4: 1/|P_i| (printed) | weights: 1/sum_p w_p (a weighted mean)
     attn_kernel: int = 7                   # Eq. 1 conv (CBAM's default)
     attn_epochs: int | None = None         # phase 1 length; None: epochs // 6 (at least 1)
     label_smoothing: float = 0.1
@@ -122,8 +134,11 @@ class IFDOpts(Config):
 def ifd_paper_preset(dataset: str) -> dict:
     "The paper's setting where it is specific, CAL/AIM/FIRe's defaults where it is silent."
     # batch 64 = 8 ids x 8: CAL trains 32 per GPU on 2 GPUs (its README's command), i.e. 64 per step
+    # CAL's augmentation: RandomCroping(p=0.5) (enlarge by 1.125, crop back), flip 0.5, RandomErasing(0.5) filled with its constants
+    cal_aug = dict(crop="cal", crop_p=0.5, flip_p=0.5, erase_p=0.5, erase_style="cal", erase_scale=(0.02, 0.4), erase_ratio=(0.3, 1 / 0.3))
     return dict(backbone="resnet50", weights="imagenet", image_size=(384, 192), batch_size=64, num_instances=8, lr=3.5e-4,
-                weight_decay=5e-4, epochs=60, milestones=(20, 40), warmup_epochs=0, eval_every=5, method_opts={"attn_epochs": 10})
+                weight_decay=5e-4, epochs=60, milestones=(20, 40), warmup_epochs=0, eval_every=5, transform_opts=cal_aug,
+                method_opts={"attn_epochs": 10})
 
 @register_method("ifd")
 class IFD(Method):
@@ -136,8 +151,13 @@ class IFD(Method):
         super().__init__(cfg, data)
         self.opts = IFDOpts.from_dict(cfg.method_opts, source="method_opts")
         if self.opts.variant not in VARIANTS: raise ValueError(f"IFD variant {self.opts.variant!r} is not one of {list(VARIANTS)}")
+        if self.opts.ccl_norm not in CCL_NORMS: raise ValueError(f"IFD ccl_norm {self.opts.ccl_norm!r} is not one of {list(CCL_NORMS)}")
         self.ikt = VARIANTS[self.opts.variant][0]
-        self.label_set = self.opts.label_set               # the masked image and CBD's mask both read the parsing in this set
+
+    @classmethod
+    def mask_label_set(cls, cfg: TrainConfig) -> str:
+        "The masked image and CBD's mask both read the parsing in `method_opts['label_set']`; the dataset's masks load in it."
+        return get_label_set(IFDOpts.from_dict(cfg.method_opts, source="method_opts").label_set).name
 
     def build_model(self) -> nn.Module:
         o = self.opts
@@ -169,7 +189,7 @@ class IFD(Method):
         if "logits_a" in out: losses["id_a"] = label_smoothed_ce(out["logits_a"], pid, o.label_smoothing)
         if "bn_c" in out:
             if model_contrastive(model) == "supcon": losses["cl"] = o.lam * supcon_loss(out["bn_c"], pid, o.tau)
-            else: losses["ccl"] = o.lam * clothing_contrastive_loss(out["bn_c"], pid, batch["clothes"], o.tau, o.T)
+            else: losses["ccl"] = o.lam * clothing_contrastive_loss(out["bn_c"], pid, batch["clothes"], o.tau, o.T, o.ccl_norm, all_ranks=True)
         losses["loss"] = sum(losses.values())
         return losses
 

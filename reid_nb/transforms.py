@@ -18,8 +18,8 @@ from .core import Config
 from .data import LabelSet, _lut_gather, get_label_set
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'NORMS', 'TransformConfig', 'PairTransform',
-           'build_transforms']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'NORMS', 'CAL_ENLARGE', 'CAL_ERASE_FILL', 'TransformConfig',
+           'PairTransform', 'build_transforms']
 
 # %% ../nbs/02_transforms.ipynb #5
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -37,15 +37,23 @@ class TransformConfig(Config):
     erase_scale: tuple[float, float] = (0.02, 0.4)
     erase_ratio: tuple[float, float] = (0.3, 3.3)
     norm: str = "imagenet"
+    crop: str = "pad"                         # pad: pad by `pad`, crop back at random (torchreid, CLIP-ReID) | cal: CAL's RandomCroping
+    crop_p: float = 0.5                       # crop="cal": the share of images enlarged by 1.125 and cropped back (the rest as they are)
+    erase_style: str = "torchvision"          # torchvision: log-uniform aspect, 10 tries, fill 0 | cal: CAL's RandomErasing (below)
+
+CAL_ENLARGE = 1.125                           # CAL's RandomCroping: enlarge by 1 + 1/8, then a random window of the input size
+CAL_ERASE_FILL = (0.4914, 0.4822, 0.4465)     # CAL's RandomErasing fill, written into the normalised image (as CAL does)
 
 # %% ../nbs/02_transforms.ipynb #6
-def _erase_box(h: int, w: int, scale, ratio, gen: torch.Generator | None) -> tuple[int, int, int, int] | None:
-    "torchvision's RandomErasing box sampling: (top, left, height, width), or None after 10 failed tries."
-    area = h * w
-    log_r = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
+def _erase_box(h: int, w: int, scale, ratio, gen: torch.Generator | None, style: str = "torchvision") -> tuple[int, int, int, int] | None:
+    """RandomErasing's box: (top, left, height, width), or None when no try fits. `torchvision`: aspect log-uniform in `ratio`,
+    10 tries; `cal`: CAL's, aspect uniform in `ratio`, 100 tries."""
+    area, cal = h * w, style == "cal"
+    lo, hi = ratio if cal else (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(100 if cal else 10):
         target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(1, generator=gen).item())
-        ar = math.exp(log_r[0] + (log_r[1] - log_r[0]) * torch.rand(1, generator=gen).item())
+        ar = lo + (hi - lo) * torch.rand(1, generator=gen).item()
+        ar = ar if cal else math.exp(ar)
         eh, ew = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
         if eh < h and ew < w:
             i = int(torch.randint(0, h - eh + 1, (1,), generator=gen)); j = int(torch.randint(0, w - ew + 1, (1,), generator=gen))
@@ -56,9 +64,13 @@ class PairTransform:
     "(image, mask) -> ((3,h,w) float tensor, (h,w) long tensor or None); the image a PIL image or a (3,H,W) uint8 / [0, 1] float tensor."
     def __init__(self, cfg: TransformConfig = TransformConfig(), train: bool = True, label_set: str | LabelSet = "lip"):
         if cfg.norm not in NORMS: raise ValueError(f"norm {cfg.norm!r} is not one of {list(NORMS)}")
+        if cfg.crop not in ("pad", "cal"): raise ValueError(f"crop {cfg.crop!r} is not 'pad' or 'cal'")
+        if cfg.erase_style not in ("torchvision", "cal"): raise ValueError(f"erase_style {cfg.erase_style!r} is not 'torchvision' or 'cal'")
         self.cfg, self.train = cfg, train
         self.mean, self.std = (torch.tensor(v).view(3, 1, 1) for v in NORMS[cfg.norm])
         self.flip_perm = get_label_set(label_set).flip_perm()
+        self.enlarged = tuple(int(round(s * CAL_ENLARGE)) for s in cfg.size)      # CAL's rounding, of the resized image
+        self.erase_fill = torch.tensor(CAL_ERASE_FILL).view(3, 1, 1) if cfg.erase_style == "cal" else None   # None: 0
 
     def resize(self, img, mask: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         "The deterministic first step: (3,H,W) uint8 (or float) image and (H,W) long mask at `cfg.size` (what a decode cache stores)."
@@ -72,14 +84,24 @@ class PairTransform:
         if m is not None: m = TF.resize(m[None], list(self.cfg.size), interpolation=TF.InterpolationMode.NEAREST)[0]
         return x, m
 
-    def draw(self, gen: torch.Generator | None = None) -> tuple[int, int, bool, tuple | None]:
-        "One sample's random augmentation: (crop top, crop left, flip, erase box or None), drawn from `gen` in a fixed order."
+    def draw(self, gen: torch.Generator | None = None) -> tuple[int, int, bool, tuple | None, bool]:
+        """One sample's random augmentation, drawn from `gen` in a fixed order: (crop top, crop left, flip, erase box or None,
+        enlarged). crop="pad": the window's corner in the padded image; "cal": in the enlarged image when `enlarged`, else (0, 0)."""
         c = self.cfg
-        i = j = c.pad
-        if c.pad > 0: i = int(torch.randint(0, 2 * c.pad + 1, (1,), generator=gen)); j = int(torch.randint(0, 2 * c.pad + 1, (1,), generator=gen))
+        if c.crop == "cal":
+            i = j = 0
+            big = torch.rand(1, generator=gen).item() < c.crop_p
+            if big:                                                   # CAL: round(uniform(0, range)) for x, then y
+                j = int(round((self.enlarged[1] - c.size[1]) * torch.rand(1, generator=gen).item()))
+                i = int(round((self.enlarged[0] - c.size[0]) * torch.rand(1, generator=gen).item()))
+        else:
+            big, i = False, c.pad
+            j = c.pad
+            if c.pad > 0: i = int(torch.randint(0, 2 * c.pad + 1, (1,), generator=gen)); j = int(torch.randint(0, 2 * c.pad + 1, (1,), generator=gen))
         flip = torch.rand(1, generator=gen).item() < c.flip_p
-        box = _erase_box(c.size[0], c.size[1], c.erase_scale, c.erase_ratio, gen) if torch.rand(1, generator=gen).item() < c.erase_p else None
-        return i, j, flip, box
+        box = (_erase_box(c.size[0], c.size[1], c.erase_scale, c.erase_ratio, gen, c.erase_style)
+               if torch.rand(1, generator=gen).item() < c.erase_p else None)
+        return i, j, flip, box, big
 
     def __call__(self, img: Image.Image, mask: np.ndarray | None = None, gen: torch.Generator | None = None):
         x, m = self.resize(img, mask)
@@ -97,7 +119,7 @@ class PairTransform:
         # (x / scale - mean) / std, the same operations in place: one float copy instead of four
         x = x.to(torch.float32, copy=True).div_(scale).sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
         for k, q in enumerate(params or []):
-            if q[3] is not None: i, j, h, w = q[3]; x[k, :, i:i + h, j:j + w] = 0
+            if q[3] is not None: i, j, h, w = q[3]; x[k, :, i:i + h, j:j + w] = 0 if self.erase_fill is None else self.erase_fill.to(x)
         return x.contiguous(), None if m is None else m.long().contiguous()
 
 def build_transforms(cfg: TransformConfig = TransformConfig(), label_set: str | LabelSet = "lip") -> tuple[PairTransform, PairTransform]:
@@ -107,20 +129,31 @@ def build_transforms(cfg: TransformConfig = TransformConfig(), label_set: str | 
 # %% ../nbs/02_transforms.ipynb #4d7de36e
 @patch
 def _crop_flip(self: PairTransform, x: torch.Tensor, m: torch.Tensor | None, params: list, rows: torch.Tensor | None = None):
-    "Pad + crop + flip of sample `rows[k]` (or k) of x (N,3,H,W) and m (N,H,W) by `params[k]`: new (B,3,H,W) and (B,H,W) tensors."
-    p, (H, W) = self.cfg.pad, self.cfg.size
+    """Crop + flip of sample `rows[k]` (or k) of x (N,3,H,W) and m (N,H,W) by `params[k]`: new (B,3,H,W) and (B,H,W) tensors.
+    The window is cut from the zero-padded image (crop="pad") or from the image enlarged by CAL_ENLARGE (crop="cal", `enlarged`)."""
+    p, (H, W) = (0 if self.cfg.crop == "cal" else self.cfg.pad), self.cfg.size
     src = range(len(params)) if rows is None else rows.tolist()
     xo = x.new_zeros((len(params), x.shape[1], H, W))
     mo = None if m is None else m.new_zeros((len(params), H, W))
     perm = None if m is None else self.flip_perm.to(m.device)
-    for k, (r, (i, j, flip, _)) in enumerate(zip(src, params)):
-        # the window [i, i+H) x [j, j+W) of the padded image; the image itself sits at [p, p+H) x [p, p+W)
-        t, b, l, e = max(i, p), min(i + H, p + H), max(j, p), min(j + W, p + W)
+    for k, (r, (i, j, flip, _, big)) in enumerate(zip(src, params)):
+        xr, mr = x[r], None if m is None else m[r]
+        if big: xr, mr = self._enlarge(xr, mr)
+        Hs, Ws = xr.shape[-2:]
+        # the window [i, i+H) x [j, j+W) of the padded source; the source itself sits at [p, p+Hs) x [p, p+Ws)
+        t, b, l, e = max(i, p), min(i + H, p + Hs), max(j, p), min(j + W, p + Ws)
         if t >= b or l >= e: continue                                 # a window wholly in the padding (pad > size)
         cols = slice(W - (e - j), W - (l - j)) if flip else slice(l - j, e - j)
-        xs = x[r, :, t - p:b - p, l - p:e - p]
+        xs = xr[:, t - p:b - p, l - p:e - p]
         xo[k, :, t - i:b - i, cols] = xs.flip(-1) if flip else xs
         if m is not None:
-            ms = m[r, t - p:b - p, l - p:e - p]
+            ms = mr[t - p:b - p, l - p:e - p]
             mo[k, t - i:b - i, cols] = _lut_gather(perm, ms.flip(-1)).to(m.dtype) if flip else ms
     return xo, mo
+
+# %% ../nbs/02_transforms.ipynb
+@patch
+def _enlarge(self: PairTransform, x: torch.Tensor, m: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    "CAL's enlargement of one resized sample (3,H,W) and its mask (H,W): bilinear / nearest to `self.enlarged`."
+    x = TF.resize(x, list(self.enlarged), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    return x, None if m is None else TF.resize(m[None], list(self.enlarged), interpolation=TF.InterpolationMode.NEAREST)[0]

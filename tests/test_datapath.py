@@ -62,7 +62,7 @@ def _plain_augment(tr, x, m, params):
     "The training geometry written plainly, one sample at a time: zero-pad, crop, mirror (mask labels through flip_perm)."
     p, (H, W) = tr.cfg.pad, tr.cfg.size
     xs, ms = [], []
-    for k, (i, j, flip, _) in enumerate(params):
+    for k, (i, j, flip, *_) in enumerate(params):
         xk = torch.nn.functional.pad(x[k], [p] * 4)[:, i:i + H, j:j + W]
         mk = None if m is None else torch.nn.functional.pad(m[k], [p] * 4)[i:i + H, j:j + W]
         if flip: xk, mk = xk.flip(-1), None if mk is None else tr.flip_perm[mk.flip(-1).long()].to(m.dtype)
