@@ -12,20 +12,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['VARIANT_SWITCHES', 'PromptLearner', 'CameraMemory', 'icdl_loss', 'associate', 'association_precision', 'ical_target',
-           'ical_logits', 'ical_adversarial_loss', 'CCAFLNet', 'CCAFLOpts', 'ccafl_paper_preset', 'CCAFL', 'prompt_lr']
+__all__ = ['VARIANT_SWITCHES', 'AUTHORS_CLASSES', 'PromptLearner', 'prompt_tokens', 'CameraMemory', 'icdl_loss', 'associate',
+           'association_precision', 'ical_target', 'ical_logits', 'ical_adversarial_loss', 'CCAFLNet', 'CCAFLOpts',
+           'ccafl_paper_preset', 'CCAFL', 'prompt_lr']
 
 # %% ../nbs/13_ccafl.ipynb #5
 class PromptLearner(nn.Module):
     "Per-class learnable context tokens injected into a CLIP text tower; `forward(cls)` -> (B, embed_dim) text features."
-    def __init__(self, clip: nn.Module, n_cls: int, n_ctx: int = 4, template: str = "A photo of a {} person."):
+    def __init__(self, clip: nn.Module, n_cls: int, n_ctx: int = 4, template: str = "A photo of a {} person.", offset: int = 0):
         super().__init__()
         self.clip = clip                                           # shared, not copied: its text tower is frozen in stage 1
         tokens = open_clip.tokenize([template.format(" ".join(["X"] * n_ctx))])           # (1, 77)
         x_id = open_clip.tokenize(["X"])[0, 1]
         pos = (tokens[0] == x_id).nonzero().flatten()
         if len(pos) != n_ctx or (pos.diff() != 1).any(): raise ValueError(f"template {template!r} must hold one '{{}}' for the context")
-        self.start, self.n_ctx = int(pos[0]), n_ctx
+        # offset k: the context starts k tokens after the first X, so the first k X stay words and the k tokens after the Xs
+        # ("person", ".") are replaced: the CCAFL authors' layout (their n_ctx = 5 is offset 1, Duke's 6 is offset 2)
+        if not 0 <= offset or int(pos[0]) + offset + n_ctx > int(tokens[0].argmax()):
+            raise ValueError(f"prompt offset {offset} would move the context into or past the end-of-text token of {template!r}")
+        self.start, self.n_ctx = int(pos[0]) + offset, n_ctx
         self.register_buffer("tokens", tokens, persistent=False)
         with torch.no_grad(): emb = clip.token_embedding(tokens)                          # (1, 77, width)
         self.register_buffer("prefix", emb[:, :self.start].clone(), persistent=False)
@@ -43,6 +48,14 @@ class PromptLearner(nn.Module):
         x = c.ln_final(c.transformer(x, attn_mask=c.attn_mask))
         x = x[torch.arange(len(cls)), self.tokens[0].argmax().expand(len(cls))]          # the end-of-text token
         return x @ c.text_projection if not isinstance(c.text_projection, nn.Linear) else c.text_projection(x)
+
+# %% ../nbs/13_ccafl.ipynb
+def prompt_tokens(pl: PromptLearner) -> list[str]:
+    "The prompt as the text tower reads it: template words, `[ctx1]`..`[ctxN]` for the learnable tokens, up to end-of-text."
+    t, dec = pl.tokens[0], open_clip.tokenizer._tokenizer.decoder
+    words = [dec[int(i)].replace("</w>", "") for i in t[:int(t.argmax()) + 1]]
+    words[pl.start:pl.start + pl.n_ctx] = [f"[ctx{k + 1}]" for k in range(pl.n_ctx)]
+    return words
 
 # %% ../nbs/13_ccafl.ipynb #9
 class CameraMemory(nn.Module):
@@ -158,11 +171,12 @@ from fastcore.basics import patch
 from .transforms import build_transforms
 from .engine import Method, Stage, TrainConfig, register_method, extract_features, transform_config
 from .losses import triplet_loss, label_smoothed_ce
-from .samplers import CameraAwareSampler
+from .samplers import CameraAwareSampler, ClassUniformSampler
+import warnings
 
 class CCAFLNet(nn.Module):
     "CLIP image tower + GeM/BN retrieval head + prompts + the ICAL classifier."
-    def __init__(self, clip_name: str, weights: str | None, image_size, n_cls: int, n_ctx: int = 4):
+    def __init__(self, clip_name: str, weights: str | None, image_size, n_cls: int, n_ctx: int = 4, prompt_offset: int = 1):
         super().__init__()
         self.clip = build_clip(clip_name, weights, tuple(image_size))
         v = self.clip.visual
@@ -170,7 +184,7 @@ class CCAFLNet(nn.Module):
         dim = v.layer4[-1].conv3.out_channels if self.is_rn else v.conv1.out_channels
         self.gem, self.bn = GeM(), nn.BatchNorm1d(dim)
         self.bn.bias.requires_grad_(False)
-        self.prompts = PromptLearner(self.clip, n_cls, n_ctx)
+        self.prompts = PromptLearner(self.clip, n_cls, n_ctx, offset=prompt_offset)
         self.ical = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_cls, dim)))   # the authors' NormalizedClassifier init
         self.id_head = nn.Linear(dim, n_cls, bias=False)           # the ICS baseline's per-camera classifier
         self.register_buffer("class_text", torch.zeros(n_cls, self.clip.text_projection.shape[-1]))
@@ -198,7 +212,8 @@ class CCAFLNet(nn.Module):
 @dataclass
 class CCAFLOpts(Config):
     variant: str = "ccafl"            # ccafl | baseline | ics_baseline | no_icdl | no_ical | no_text | ical_only
-    n_ctx: int = 4
+    n_ctx: int = 4                    # learnable tokens per class
+    prompt_offset: int = 1            # where they sit (`prompt_tokens`): 1 the authors' Market/MSMT17, 2 their Duke, 0 the paper's template
     prompt_epochs: int = 60
     prompt_batch: int = 64
     prompt_lr: float = 3.5e-4
@@ -219,7 +234,9 @@ class CCAFLOpts(Config):
     ical_lr: float | None = None      # the ICAL classifier's own constant-LR Adam (None: cfg.lr, as the authors)
     text_logits: str = "dot"          # dot: raw dot products of CLIP's features (authors) | cosine: logit_scale * cosine (CLIP)
     text_smoothing: float = 0.1       # label smoothing of the image-to-text CE in stages 2-3 (authors)
-    sampler: str = "pk"               # pk: P classes x K images drawn uniformly (authors' ClassUniformlySampler) | camera: cameras round-robin
+    text_smoothing_classes: int | None = None   # the cluster-text CE's K in eps/K: None, the cluster count (intended) | 4821 (authors')
+    sampler: str = "pk"               # pk: P x K chunks (torchreid) | uniform: each class once per pass (the authors', paper preset)
+                                      # | camera: cameras round-robin
 
 VARIANT_SWITCHES = {  # (ICDL, ICAL, text terms, inter-camera stage)
     "ccafl": (True, True, True, True), "no_icdl": (False, True, True, True), "no_ical": (True, False, True, True),
@@ -227,15 +244,18 @@ VARIANT_SWITCHES = {  # (ICDL, ICAL, text terms, inter-camera stage)
     "baseline": (False, False, False, True),        # per-camera ID + triplet, then association + cluster contrast + triplet
     "ics_baseline": (False, False, False, False)}   # per-camera ID + triplet only: no association at all
 
+AUTHORS_CLASSES = {"market1501": 3262, "dukemtmc": 2196, "msmt17": 4821}   # intra-camera classes hard-coded in `RN50.py`, `train_clip.py`
+
 def ccafl_paper_preset(dataset: str) -> dict:
     "The authors' settings per dataset (DESIGN.md §5, `train_clip.py`, `trainers.py`): one schedule over stages 2-3."
-    per = {"market1501": dict(assoc_rate=1.7, cluster_text_start=10, ical_end=50, ical_margin=0.7, icdl_w=0.6),
-           "dukemtmc": dict(assoc_rate=1.5, cluster_text_start=40, ical_end=60, ical_margin=0.3, icdl_w=0.6),
-           "msmt17": dict(assoc_rate=1.3, cluster_text_start=40, ical_end=60, ical_margin=0.5, icdl_w=0.0)}
+    per = {"market1501": dict(assoc_rate=1.7, cluster_text_start=10, ical_end=50, ical_margin=0.7, icdl_w=0.6, prompt_offset=1),
+           "dukemtmc": dict(assoc_rate=1.5, cluster_text_start=40, ical_end=60, ical_margin=0.3, icdl_w=0.6, prompt_offset=2),
+           "msmt17": dict(assoc_rate=1.3, cluster_text_start=40, ical_end=60, ical_margin=0.5, icdl_w=0.0, prompt_offset=1)}
+    # the authors' evaluator: one view, no flip; their sampler: each class once per pass; their optimiser: biases at 2x the lr
     return dict(backbone="RN50", weights="openai", image_size=(256, 128), batch_size=256 if dataset == "msmt17" else 128,
                 num_instances=8, lr=3.5e-4, weight_decay=5e-4, epochs=80, iters_per_epoch=200, schedule="global",
-                warmup_epochs=10, warmup_factor=0.01, milestones=(40, 50), eval_every=10,
-                method_opts=per.get(dataset, per["market1501"]))
+                warmup_epochs=10, warmup_factor=0.01, milestones=(40, 50), eval_every=10, flip_test=False, bias_lr_factor=2.0,
+                method_opts={**per.get(dataset, per["market1501"]), "sampler": "uniform"})
 
 # %% ../nbs/13_ccafl.ipynb #b28dd9ef
 @register_method("ccafl")
@@ -243,13 +263,14 @@ class CCAFL(Method):
     "CLIP-based Camera-Agnostic Feature Learning for intra-camera supervised Re-ID."
     find_unused_parameters = True
     presets = {"paper": ccafl_paper_preset}
+    best_on = ("mAP", "standard")                              # the authors keep the best test mAP of their evaluations
 
     def __init__(self, cfg: TrainConfig, data):
         super().__init__(cfg, data)
         self.opts = CCAFLOpts.from_dict(cfg.method_opts, source="method_opts")
         if self.opts.variant not in VARIANT_SWITCHES: raise ValueError(f"CCAFL variant {self.opts.variant!r} is not one of {list(VARIANT_SWITCHES)}")
         if self.opts.text_logits not in ("dot", "cosine"): raise ValueError(f"text_logits={self.opts.text_logits!r} is not 'dot' or 'cosine'")
-        if self.opts.sampler not in ("pk", "camera"): raise ValueError(f"sampler={self.opts.sampler!r} is not 'pk' or 'camera'")
+        if self.opts.sampler not in ("pk", "uniform", "camera"): raise ValueError(f"sampler={self.opts.sampler!r} is not 'pk', 'uniform' or 'camera'")
         self.use_icdl, self.use_ical, self.use_text, self.inter = VARIANT_SWITCHES[self.opts.variant]
         self.pseudo, self._log, self._pending, self._ical_opt, self._ical_state = None, {}, [], None, None
         if data is None: return                                # for_inference: the model only
@@ -260,11 +281,18 @@ class CCAFL(Method):
         self.offset = {c: int(np.flatnonzero(self.ics.cls_cam == c)[0]) for c in self.cams}
         self.n_cam_cls = {c: int((self.ics.cls_cam == c).sum()) for c in self.cams}
         self.class_true = np.array([np.bincount(self.ics.true_pid[self.ics.cls == k]).argmax() for k in range(self.num_classes)])
+        want = AUTHORS_CLASSES.get(data.name)                   # a real copy: the authors hard-code its class count
+        if want is not None and want != self.num_classes:
+            warnings.warn(f"{data.name} at {cfg.data_root}: {self.num_classes} intra-camera classes in the training split, where the "
+                          f"CCAFL authors hard-code {want} (their classifiers and label smoothing are sized for that); check the copy")
 
-    def build_model(self): return CCAFLNet(self.cfg.backbone, self.cfg.weights, self.cfg.image_size, self.num_classes, self.opts.n_ctx)
+    def build_model(self):
+        return CCAFLNet(self.cfg.backbone, self.cfg.weights, self.cfg.image_size, self.num_classes, self.opts.n_ctx, self.opts.prompt_offset)
     def train_labels(self): return self.ics.cls.tolist()
     def sampler(self, batch_size: int, **kw):
         if self.opts.sampler == "pk": return super().sampler(batch_size, **kw)          # over the intra-camera classes
+        if self.opts.sampler == "uniform":                     # the authors': each class once per pass
+            return ClassUniformSampler(self.ics.cls, batch_size, self.cfg.num_instances, seed=self.cfg.seed, **kw)
         return CameraAwareSampler(self.ics.cls, self.ics.cam, batch_size, self.cfg.num_instances, seed=self.cfg.seed, **kw)
     def stages(self):
         if not self.inter: return [Stage("ics", self.cfg.epochs)]
@@ -353,8 +381,9 @@ def on_epoch_start(self: CCAFL, model, stage, epoch):
     "Stage 2: fresh per-camera memories; stage 3: association, cluster memory and cluster text — every epoch."
     m = getattr(model, "module", model)
     o, self._log, self._pending = self.opts, {}, []
-    if stage.name == "ics" or (stage.name == "icdl" and not self.use_icdl): return
+    if stage.name == "ics": return
     if self.use_text and not bool(m.prompts_done): self._learn_prompts(m); self._log["prompt_loss"] = self._prompt_loss
+    if stage.name == "icdl" and not self.use_icdl: return     # no_icdl, ical_only: the stage trains without per-camera memories
     dev, f = next(m.parameters()).device, self._train_feats(m).cpu()
     cls = torch.as_tensor(self.ics.cls)
     if stage.name == "icdl":
@@ -459,7 +488,7 @@ def _inter_losses(self: CCAFL, m, out, fn, y, cam_of, epoch) -> dict:
         L["triplet"] = triplet_loss(f, p, o.triplet_margin)
         if self.use_text and epoch >= o.cluster_text_start:
             logits = _text_logits(out["proj"][ok], self.cluster_text, o.text_logits, m.clip.logit_scale.exp().detach())
-            L["i2ct"] = label_smoothed_ce(logits, p, o.text_smoothing)
+            L["i2ct"] = label_smoothed_ce(logits, p, o.text_smoothing, o.text_smoothing_classes)
         if self.use_ical and o.ical_start <= epoch < o.ical_end:
             cc, cam = self.cls_cam.to(y.device), cam_of[ok]
             pos = ((self.pseudo[None] == p[:, None]) & (cc[None] != cam[:, None])) | F.one_hot(yk, self.num_classes).bool()

@@ -26,7 +26,7 @@ from .transforms import TransformConfig, build_transforms
 # %% auto #0
 __all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'TrainConfig', 'project_root', 'resolve_path', 'Stage', 'Method',
            'load_methods', 'register_method', 'build_optimizer', 'lr_factor', 'stage_optimizer', 'extract_features',
-           'evaluate_protocols', 'write_log', 'GlobalBatchNorm', 'convert_sync_bn', 'resolve_amp',
+           'evaluate_protocols', 'write_log', 'best_of_evaluated', 'GlobalBatchNorm', 'convert_sync_bn', 'resolve_amp',
            'resolve_memory_format', 'transform_config', 'model_spec', 'load_data', 'train_batches', 'fit', 'parse_sets',
            'main', 'make_config']
 
@@ -60,6 +60,7 @@ class TrainConfig(Config):
     memory_format: str = "auto"              # auto: channels_last on CUDA, contiguous elsewhere | channels_last | contiguous
     compile: bool = False                    # torch.compile the model's forward (in place: the state dict keeps its keys)
     grad_clip: float = 0.0                   # max gradient norm, 0 = off
+    bias_lr_factor: float = 1.0              # parameters named *bias train at this multiple of the lr (CLIP-ReID, CCAFL's authors: 2)
     eval_every: int = 2                      # evaluate every N epochs (0: only at the end)
     eval_batch_size: int = 128
     flip_test: bool = True                   # test feature = image + flipped image (CAL's default)
@@ -77,11 +78,13 @@ class TrainConfig(Config):
     iters_per_epoch: int = 0                 # exact iterations per epoch, drawing more sampler passes if one is shorter (0: one pass)
     schedule: str = "global"                 # global: warm-up/milestones in epochs of the whole run, optimiser state kept
                                              # across stages | stage: each stage restarts both (a fresh optimiser)
+    milestones_from: str = "run"             # run: milestones count epochs of the whole run | last_stage: from the start of the last
+                                             # stage (IFD: the main stream's steps after the attention phase; schedule='global')
     progress: bool = True
 
     def __post_init__(self):
         for k, ok in [("optimizer", ("adam", "adamw", "sgd")), ("scheduler", ("step", "cosine", "constant")), ("amp", ("auto", "off", "bf16", "fp16")),
-                      ("schedule", ("global", "stage")), ("data_path", ("pil", "cache")), ("memory_format", ("auto", "channels_last", "contiguous"))]:
+                      ("schedule", ("global", "stage")), ("milestones_from", ("run", "last_stage")), ("data_path", ("pil", "cache")), ("memory_format", ("auto", "channels_last", "contiguous"))]:
             if getattr(self, k) not in ok: raise ValueError(f"TrainConfig.{k}={getattr(self, k)!r} is not one of {list(ok)}")
 
 def project_root(start: Path | None = None) -> Path | None:
@@ -112,6 +115,7 @@ class Method:
     find_unused_parameters: bool = False
     presets: dict = {}                       # preset name -> TrainConfig overrides (e.g. "paper")
     label_set: str = "lip"                   # label set of the parsing masks, for `masked_img` in the batches
+    best_on: tuple = ("R1", "cc")            # the papers' "best epoch": metric and protocol (else the first) it is chosen by (CAL's)
     train_cache = None                       # fit's DecodedCache of data.train when data_path="cache" (for passes over it)
 
     def __init__(self, cfg: TrainConfig, data: ReIDData | None):
@@ -160,27 +164,35 @@ def register_method(name: str):
     return deco
 
 # %% ../nbs/08_engine.ipynb #10
-def build_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(params, cfg: TrainConfig, lr: float, biases=()) -> torch.optim.Optimizer:
+    """The optimiser of `params`; with `cfg.bias_lr_factor` != 1 the parameters in `biases` form a second group at that multiple
+    of the learning rate (its `lr_mult`, which `fit` keeps through the schedule), as CLIP-ReID's `make_optimizer` does."""
     params = list(params)
     if not params: raise ValueError("the method gave no trainable parameters for this stage")
-    if cfg.optimizer == "sgd": return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
-    if cfg.optimizer == "adamw": return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    groups = [{"params": params}]
+    if cfg.bias_lr_factor != 1:
+        b = {id(p) for p in biases}
+        groups = [g for g in ({"params": [p for p in params if id(p) not in b]},
+                              {"params": [p for p in params if id(p) in b], "lr": lr * cfg.bias_lr_factor, "lr_mult": cfg.bias_lr_factor}) if g["params"]]
+    if cfg.optimizer == "sgd": return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+    if cfg.optimizer == "adamw": return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups, lr=lr, weight_decay=cfg.weight_decay)
 
-def lr_factor(epoch: int, total: int, cfg: TrainConfig) -> float:
-    "Multiplier of the base lr at `epoch` (0-based) of `total` (the run's, or the stage's with `schedule='stage'`)."
+def lr_factor(epoch: int, total: int, cfg: TrainConfig, origin: int = 0) -> float:
+    """Multiplier of the base lr at `epoch` (0-based) of `total` (the run's, or the stage's with `schedule='stage'`); the
+    milestones count from epoch `origin` (`milestones_from='last_stage'`: the last stage's first epoch)."""
     if epoch < cfg.warmup_epochs:
         a = epoch / max(cfg.warmup_epochs, 1)
         return cfg.warmup_factor * (1 - a) + a
-    if cfg.scheduler == "step": return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    if cfg.scheduler == "step": return cfg.gamma ** sum(epoch - origin >= m for m in cfg.milestones)
     if cfg.scheduler == "cosine":
         t = (epoch - cfg.warmup_epochs) / max(total - cfg.warmup_epochs, 1)
         return 0.5 * (1 + math.cos(math.pi * t))
     return 1.0
 
-def stage_optimizer(params, cfg: TrainConfig, lr: float, previous: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
+def stage_optimizer(params, cfg: TrainConfig, lr: float, previous: torch.optim.Optimizer | None = None, biases=()) -> torch.optim.Optimizer:
     "The optimiser of a stage; with `schedule='global'`, each parameter that the previous stage trained keeps its state."
-    opt = build_optimizer(params, cfg, lr)
+    opt = build_optimizer(params, cfg, lr, biases)
     if previous is not None and cfg.schedule == "global":
         for gr in opt.param_groups:
             for p in gr["params"]:
@@ -281,6 +293,17 @@ def write_log(path: Path, rows: list[dict]) -> None:
     cols = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO(); w = csv.DictWriter(buf, fieldnames=cols); w.writeheader(); w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
+
+# %% ../nbs/08_engine.ipynb
+def best_of_evaluated(log: list[dict], protocols: list[str], best_on: tuple = ("R1", "cc")) -> dict | None:
+    "The evaluated epoch of `log` with the best `best_on` (metric, protocol; the first protocol if that one is absent), with its figures."
+    metric, prot = best_on[0], best_on[1] if best_on[1] in protocols else protocols[0]
+    rows = [r for r in log if isinstance(r.get(f"{prot}_{metric}"), (int, float)) and not math.isnan(r[f"{prot}_{metric}"])]
+    if not rows: return None
+    best = max(rows, key=lambda r: r[f"{prot}_{metric}"])                    # max keeps the first of equal values (the papers' `>`)
+    return {"rule": f"best {prot} {metric} of the evaluated epochs (the papers' reporting; the primary figures are the last epoch's)",
+            "epoch": best["epoch"], "evaluated_epochs": [r["epoch"] for r in rows],
+            "protocols": {p: {k: best[f"{p}_{k}"] for k in ("mAP", "R1") if f"{p}_{k}" in best} for p in protocols}}
 
 # %% ../nbs/08_engine.ipynb #18
 def _dist_setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:
@@ -452,6 +475,8 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
                                               find_unused_parameters=method.find_unused_parameters) if world > 1 else model
     stages = method.stages()
     total = sum(s.epochs for s in stages)
+    origin = total - stages[-1].epochs if cfg.milestones_from == "last_stage" and cfg.schedule == "global" else 0
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]    # bias_lr_factor's group
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     ckpt_path = rd.checkpoints / "last.pt"
     log, start, state = [], 0, None
@@ -467,12 +492,12 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
     for si, stage in enumerate(stages):
         s_end, base_lr, resumed_here = s_start + stage.epochs, stage.lr or cfg.lr, state is not None and state["stage"] == si
         if start >= s_end and not resumed_here: s_start = s_end; continue    # stage finished before the resume point
-        opt = stage_optimizer(method.parameters(model, stage), cfg, base_lr, opt)
+        opt = stage_optimizer(method.parameters(model, stage), cfg, base_lr, opt, biases)
         if resumed_here: opt.load_state_dict(state["optimizer"])
         epoch = max(s_start, start)
         while epoch < s_end:
             e, n = (epoch, total) if cfg.schedule == "global" else (epoch - s_start, stage.epochs)
-            for g in opt.param_groups: g["lr"] = base_lr * lr_factor(e, n, cfg)
+            for g in opt.param_groups: g["lr"] = base_lr * lr_factor(e, n, cfg, origin) * g.get("lr_mult", 1.0)
             _epoch_seed(cfg.seed, epoch)
             sampler.set_epoch(epoch)
             method.on_epoch_start(model, stage, epoch)
@@ -518,11 +543,12 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
         metrics = {"dataset": cfg.dataset, "method": cfg.method, "backbone": cfg.backbone, "epochs": total,
                    "synthetic": cfg.dataset.startswith("synth"), "method_opts": cfg.method_opts,
                    "protocols": evaluate_protocols(method, model, data, test_tf, cfg, device, artifacts=rd.path / "eval", decoded=decoded)}
-        rd.write_metrics(metrics)
-        atomic_torch_save(model.state_dict(), rd.path / "model.pt")
         if log:
             log[-1].update({f"{p}_{k}": v for p, d in metrics["protocols"].items() for k, v in d.items() if k in ("mAP", "R1")})
             write_log(rd.log, log)
+            metrics["best_of_evaluated"] = best_of_evaluated(log, list(metrics["protocols"]), method.best_on)
+        rd.write_metrics(metrics)
+        atomic_torch_save(model.state_dict(), rd.path / "model.pt")
     _barrier()
     if world > 1: dist.destroy_process_group()
     return metrics

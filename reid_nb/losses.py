@@ -13,10 +13,12 @@ from .core import is_distributed
 __all__ = ['label_smoothed_ce', 'pairwise_euclidean', 'triplet_loss', 'supcon_loss', 'CenterLoss']
 
 # %% ../nbs/06_losses.ipynb #5
-def label_smoothed_ce(logits: torch.Tensor, targets: torch.Tensor, epsilon: float = 0.1) -> torch.Tensor:
-    "Mean cross-entropy against (1-eps) one-hot + eps/K targets."
+def label_smoothed_ce(logits: torch.Tensor, targets: torch.Tensor, epsilon: float = 0.1, n_classes: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy against (1-eps) one-hot + eps/K targets, K the logits' columns; `n_classes` puts another K there (the
+    CCAFL authors' cluster-text loss keeps 4,821 whatever the cluster count: the targets then sum to 1 - eps + eps * cols / K)."""
     logp = F.log_softmax(logits.float(), dim=1)
-    q = torch.full_like(logp, epsilon / logits.shape[1]).scatter_(1, targets[:, None], 1 - epsilon + epsilon / logits.shape[1])
+    k = n_classes or logits.shape[1]
+    q = torch.full_like(logp, epsilon / k).scatter_(1, targets[:, None], 1 - epsilon + epsilon / k)
     return -(q * logp).sum(1).mean()
 
 # %% ../nbs/06_losses.ipynb #8

@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['EpochBatchSampler', 'RandomIdentitySampler', 'proportional_slots', 'ProportionalRASSampler', 'CameraAwareSampler']
+__all__ = ['EpochBatchSampler', 'RandomIdentitySampler', 'ClassUniformSampler', 'proportional_slots', 'ProportionalRASSampler',
+           'CameraAwareSampler']
 
 # %% ../nbs/03_samplers.ipynb #5
 class EpochBatchSampler(torch.utils.data.Sampler):
@@ -101,6 +102,20 @@ class RandomIdentitySampler(EpochBatchSampler):
         self.groups, self.K = _groups(pids), num_instances
         _check_pk(batch_size, num_instances, len(self.groups), "identities")
     def _batches(self, rng): return _pk_batches(self.groups, self.batch_size // self.K, self.K, rng)
+
+# %% ../nbs/03_samplers.ipynb
+class ClassUniformSampler(EpochBatchSampler):
+    "Every class once per pass, K images each, P consecutive classes per batch (the CCAFL authors' ClassUniformlySampler)."
+    def __init__(self, classes: Sequence[int], batch_size: int = 128, num_instances: int = 8, **kw):
+        super().__init__(batch_size, **kw)
+        self.groups, self.K = _groups(classes), num_instances
+        _check_pk(batch_size, num_instances, len(self.groups), "classes")
+
+    def _batches(self, rng):
+        K, P, keys = self.K, self.batch_size // self.K, list(self.groups)
+        order = [keys[i] for i in rng.permutation(len(keys))]
+        draws = [rng.choice(self.groups[k], size=K, replace=len(self.groups[k]) < K).tolist() for k in order]
+        return [sum(draws[b:b + P], []) for b in range(0, len(draws) - P + 1, P)]
 
 # %% ../nbs/03_samplers.ipynb #12
 def proportional_slots(counts: Sequence[int], K: int, rng: np.random.Generator | None = None) -> list[int]:

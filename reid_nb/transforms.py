@@ -151,7 +151,7 @@ def _crop_flip(self: PairTransform, x: torch.Tensor, m: torch.Tensor | None, par
             mo[k, t - i:b - i, cols] = _lut_gather(perm, ms.flip(-1)).to(m.dtype) if flip else ms
     return xo, mo
 
-# %% ../nbs/02_transforms.ipynb
+# %% ../nbs/02_transforms.ipynb #40aeac42
 @patch
 def _enlarge(self: PairTransform, x: torch.Tensor, m: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     "CAL's enlargement of one resized sample (3,H,W) and its mask (H,W): bilinear / nearest to `self.enlarged`."

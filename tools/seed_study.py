@@ -4,6 +4,7 @@ tests/test_engine.py come from this script.
     python tools/seed_study.py ifd   --seeds 0-4 --out ifd.json     # IFD vs its Table II baseline (synth-prcc, CC protocol)
     python tools/seed_study.py ccafl --seeds 0-4 --out ccafl.json   # CCAFL vs the ICS and association baselines (synth-market)
     python tools/seed_study.py ddp   --seeds 0-5 --out ddp.json     # 2 gloo ranks (sync_bn) vs one process, end to end
+    python tools/seed_study.py phase --seeds 0-4 --out phase.json   # IFD Table II rows, milestones from the run vs the last stage
     python tools/seed_study.py ifd --src /path/to/other/checkout    # ifd, ccafl: the same study on another checkout
     python tools/seed_study.py ccafl --variants ics_baseline,ccafl  # a subset of the variants
 
@@ -29,6 +30,22 @@ def ifd(seed, root):
                             image_size=(128, 64), batch_size=32, num_instances=8, dataset_opts=IFD_DATA, method_opts={"variant": v},
                             progress=False, eval_every=0, seed=seed, device="cpu"))["protocols"]
         out[v] = {f"{k}_{m}": p[k][m] for k in ("sc", "cc") for m in ("mAP", "R1")}
+    return out
+
+PHASE = dict(epochs=12, milestones=(4, 8), method_opts={"attn_epochs": 2})   # the paper's 60 / (20, 40) / 10 scaled by 1/5
+
+def phase(seed, root):
+    "Table II's rows at the paper's schedule scaled to 12 epochs; the two-stream rows with milestones counted from the run (the"
+    "global schedule: their main stream gets 2 full-rate epochs fewer than the one-stage rows) and from the end of the attention phase."
+    from reid_nb.engine import fit, make_config
+    out = {}
+    for v, mf in [("baseline", "run"), ("cbd", "run"), *[(v, mf) for v in ("ikt", "ifd_cl", "ifd") for mf in ("run", "last_stage")]]:
+        two = v in ("ikt", "ifd_cl", "ifd")
+        p = fit(make_config("ifd", "synth-prcc", name=f"{v}-{mf}-{seed}", data_root=str(root / "data"), out_dir=str(root / "runs"),
+                            image_size=(128, 64), batch_size=32, num_instances=8, dataset_opts=IFD_DATA, progress=False, eval_every=0,
+                            seed=seed, device="cpu", epochs=PHASE["epochs"], milestones=PHASE["milestones"], milestones_from=mf,
+                            method_opts={"variant": v, **(PHASE["method_opts"] if two else {})}))["protocols"]
+        out[v if not two else f"{v}@{mf}"] = {f"{k}_{m}": p[k][m] for k in ("sc", "cc") for m in ("mAP", "R1")}
     return out
 
 def ccafl(seed, root, variants=("ics_baseline", "baseline", "ccafl")):
@@ -78,7 +95,7 @@ def summary(res: dict) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("study", choices=["ifd", "ccafl", "ddp"])
+    ap.add_argument("study", choices=["ifd", "ccafl", "ddp", "phase"])
     ap.add_argument("--seeds", default="0-4")
     ap.add_argument("--out", default=None, help="JSON of every run and the summary")
     ap.add_argument("--root", default=None, help="folder for data and runs (default: a temporary one)")
@@ -92,7 +109,7 @@ def main():
     import reid_nb
     print("reid_nb from", Path(reid_nb.__file__).parent, flush=True)
     root = Path(a.root or tempfile.mkdtemp(prefix=f"seed_study_{a.study}_"))
-    fn, res = {"ifd": ifd, "ccafl": ccafl, "ddp": ddp}[a.study], {}
+    fn, res = {"ifd": ifd, "ccafl": ccafl, "ddp": ddp, "phase": phase}[a.study], {}
     if a.study == "ccafl" and a.variants: fn = lambda s, r: ccafl(s, r, tuple(a.variants.split(",")))
     for s in _seeds(a.seeds):
         res[s] = fn(s, root)
