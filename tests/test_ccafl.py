@@ -109,3 +109,13 @@ def test_memory_updates_without_loops_equal_per_class(seed):
     fake = types.SimpleNamespace(cluster_mem=cm.clone(), opts=types.SimpleNamespace(momentum=0.2))
     CCAFL._hard_update(fake, fn, pk)
     assert torch.equal(fake.cluster_mem, _per_cluster_hard_update(cm, fn[pk >= 0], pk[pk >= 0], 0.2))
+
+def test_no_icdl_learns_prompts_first_and_the_authors_sampler_and_bias_rule_run(tmp_path):
+    "no_icdl learns its prompts before any encoder step, as every variant; the class-uniform sampler and 2x bias lr run end to end."
+    c = cfg(tmp_path, "no_icdl", bias_lr_factor=2.0, iters_per_epoch=4)
+    c = c.replace(epochs=3, method_opts={**c.method_opts, "sampler": "uniform"})
+    fit(c)
+    log = pd.read_csv(tmp_path / "runs" / "no_icdl" / "log.csv")
+    assert log.stage.tolist() == ["icdl", "icdl", "inter"] and np.isfinite(log.prompt_loss.iloc[0]) and log.prompt_loss.iloc[1:].isna().all()
+    groups = torch.load(tmp_path / "runs" / "no_icdl" / "checkpoints" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g.get("lr_mult", 1.0) for g in groups] == [1.0, 2.0] and groups[1]["lr"] == pytest.approx(2 * groups[0]["lr"])
