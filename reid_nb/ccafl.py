@@ -49,7 +49,7 @@ class PromptLearner(nn.Module):
         x = x[torch.arange(len(cls)), self.tokens[0].argmax().expand(len(cls))]          # the end-of-text token
         return x @ c.text_projection if not isinstance(c.text_projection, nn.Linear) else c.text_projection(x)
 
-# %% ../nbs/13_ccafl.ipynb
+# %% ../nbs/13_ccafl.ipynb #f03c582e
 def prompt_tokens(pl: PromptLearner) -> list[str]:
     "The prompt as the text tower reads it: template words, `[ctx1]`..`[ctxN]` for the learnable tokens, up to end-of-text."
     t, dec = pl.tokens[0], open_clip.tokenizer._tokenizer.decoder

@@ -294,7 +294,7 @@ def write_log(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO(); w = csv.DictWriter(buf, fieldnames=cols); w.writeheader(); w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
 
-# %% ../nbs/08_engine.ipynb
+# %% ../nbs/08_engine.ipynb #3ba01035
 def best_of_evaluated(log: list[dict], protocols: list[str], best_on: tuple = ("R1", "cc")) -> dict | None:
     "The evaluated epoch of `log` with the best `best_on` (metric, protocol; the first protocol if that one is absent), with its figures."
     metric, prot = best_on[0], best_on[1] if best_on[1] in protocols else protocols[0]

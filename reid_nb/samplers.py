@@ -103,7 +103,7 @@ class RandomIdentitySampler(EpochBatchSampler):
         _check_pk(batch_size, num_instances, len(self.groups), "identities")
     def _batches(self, rng): return _pk_batches(self.groups, self.batch_size // self.K, self.K, rng)
 
-# %% ../nbs/03_samplers.ipynb
+# %% ../nbs/03_samplers.ipynb #116a72f9
 class ClassUniformSampler(EpochBatchSampler):
     "Every class once per pass, K images each, P consecutive classes per batch (the CCAFL authors' ClassUniformlySampler)."
     def __init__(self, classes: Sequence[int], batch_size: int = 128, num_instances: int = 8, **kw):

@@ -28,14 +28,15 @@ def test_ccafl_end_to_end(tmp_path):
     assert inter.cluster.notna().all() and inter.assoc_precision.notna().all()
     # windows count global epochs (0-based): cluster text from 3, ICAL in [9, 12)
     assert log.i2ct.notna().tolist() == [e >= 3 for e in range(12)] and log.ical_adv.notna().tolist() == [9 <= e < 12 for e in range(12)]
-    # seeds 0-4 (tools/seed_study.py ccafl): precision 0.22-0.67 at the first association, 0.87 +- 0.05 (0.80-0.94) at the
-    # last; it rose in all 10 runs measured (this code and the version before). Bound: the mean minus 4 std.
+    # seeds 0-4 (tools/seed_study.py smoothing, "ours"; 2026-12-01): precision 0.25-0.72 at the first association, 0.89 +- 0.08
+    # (0.76-0.97) at the last; it rose in all 15 runs measured (this code and the two versions before). Bound: about the
+    # mean minus 4 std.
     prec = inter.assoc_precision.tolist()
-    assert prec[-1] > prec[0] and prec[-1] >= 0.65, prec
+    assert prec[-1] > prec[0] and prec[-1] >= 0.55, prec
     data = load_dataset("synth-market", tmp_path / "data", **DATA)
     mean, std = chance_map(data, "standard")
     print("ccafl", m["mAP"], m["R1"], "chance", mean, std)
-    assert m["mAP"] > mean + 5 * std                 # chance 0.073 +- 0.008; CCAFL 0.45 +- 0.12 (0.27-0.57) over seeds 0-4
+    assert m["mAP"] > mean + 5 * std                 # chance 0.073 +- 0.008; CCAFL 0.44 +- 0.13 (0.23-0.56) over seeds 0-4
 
 def test_no_true_cross_camera_identity_reaches_a_loss(tmp_path):
     "Scramble which pids are the same person across cameras (within-camera groups kept): labels and losses do not change."

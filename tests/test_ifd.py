@@ -20,7 +20,7 @@ def test_ifd_end_to_end_on_clothes_changing(tmp_path):
     assert log.loc[log.stage == "attention", ["id_m", "ccl"]].isna().all().all()  # phase 1: the attention stream alone
     joint = log[log.stage == "joint"]
     assert joint[["id_m", "id_a", "ccl"]].notna().all().all()
-    assert joint.ccl.iloc[-1] < 0.8 * joint.ccl.iloc[0], joint.ccl.tolist()       # seeds 0-4: it falls to 0.48 +- 0.07 (0.41-0.59)
+    assert joint.ccl.iloc[-1] < 0.8 * joint.ccl.iloc[0], joint.ccl.tolist()       # seeds 0-4 (2026-12-01): 0.44 +- 0.09 (0.35-0.58); ~mean + 4 std
     mean, std = chance_map(load_dataset("synth-prcc", tmp_path / "data", masks=True, **IFD_DATA), "cc")
     print({p: (round(d["mAP"], 3), round(d["R1"], 3)) for p, d in m.items()}, "chance", mean, std)
     assert m["cc"]["mAP"] > mean + 5 * std           # chance 0.098 +- 0.009; IFD over seeds 0-4: see nbs/10_ifd.ipynb

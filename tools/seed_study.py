@@ -5,6 +5,7 @@ tests/test_engine.py come from this script.
     python tools/seed_study.py ccafl --seeds 0-4 --out ccafl.json   # CCAFL vs the ICS and association baselines (synth-market)
     python tools/seed_study.py ddp   --seeds 0-5 --out ddp.json     # 2 gloo ranks (sync_bn) vs one process, end to end
     python tools/seed_study.py phase --seeds 0-4 --out phase.json   # IFD Table II rows, milestones from the run vs the last stage
+    python tools/seed_study.py smoothing --seeds 0-4                # CCAFL's cluster-text smoothing: eps/K (ours) vs eps/4821 (authors')
     python tools/seed_study.py ifd --src /path/to/other/checkout    # ifd, ccafl: the same study on another checkout
     python tools/seed_study.py ccafl --variants ics_baseline,ccafl  # a subset of the variants
 
@@ -48,23 +49,28 @@ def phase(seed, root):
         out[v if not two else f"{v}@{mf}"] = {f"{k}_{m}": p[k][m] for k in ("sc", "cc") for m in ("mAP", "R1")}
     return out
 
-def ccafl(seed, root, variants=("ics_baseline", "baseline", "ccafl")):
+def ccafl(seed, root, variants=("ics_baseline", "baseline", "ccafl"), extra=None):
     import pandas as pd
     from reid_nb.engine import fit, make_config
     from reid_nb.report import collect_runs
     from reid_nb.viz import camera_probe_accuracy
     out = {}
     for v in variants:
-        name = f"{v}-{seed}"
+        name = f"{v}-{seed}" if extra is None else f"{v}-{'-'.join(f'{k}{x}' for k, x in extra.items())}-{seed}"
         p = fit(make_config("ccafl", "synth-market", name=name, backbone="reid-tiny-rn", data_root=str(root / "data"), out_dir=str(root / "runs"),
                             epochs=12, image_size=(128, 64), batch_size=32, num_instances=4, dataset_opts=CC_DATA, progress=False,
                             eval_every=0, seed=seed, device="cpu",
-                            method_opts={"variant": v, **(CC_OPTS if v != "ics_baseline" else {})}))["protocols"]["standard"]
+                            method_opts={"variant": v, **(CC_OPTS if v != "ics_baseline" else {}), **(extra or {})}))["protocols"]["standard"]
         run = next(r for r in collect_runs(root / "runs") if r.name == name)
         log = pd.read_csv(root / "runs" / name / "log.csv")
         prec = log["assoc_precision"].dropna().tolist() if "assoc_precision" in log else [None]
         out[v] = dict(mAP=p["mAP"], R1=p["R1"], probe=camera_probe_accuracy(run), prec_first=prec[0], prec_last=prec[-1])
     return out
+
+def smoothing(seed, root):
+    "CCAFL with the cluster-text CE smoothed over the clusters (eps/K, ours) and as the authors' criterion (eps/4821 whatever K)."
+    return {"ours (eps/K)": ccafl(seed, root, ("ccafl",))["ccafl"],
+            "authors (eps/4821)": ccafl(seed, root, ("ccafl",), {"text_smoothing_classes": 4821})["ccafl"]}
 
 def ddp(seed, root):
     from reid_nb.engine import fit, make_config
@@ -95,7 +101,7 @@ def summary(res: dict) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("study", choices=["ifd", "ccafl", "ddp", "phase"])
+    ap.add_argument("study", choices=["ifd", "ccafl", "ddp", "phase", "smoothing"])
     ap.add_argument("--seeds", default="0-4")
     ap.add_argument("--out", default=None, help="JSON of every run and the summary")
     ap.add_argument("--root", default=None, help="folder for data and runs (default: a temporary one)")
@@ -109,7 +115,7 @@ def main():
     import reid_nb
     print("reid_nb from", Path(reid_nb.__file__).parent, flush=True)
     root = Path(a.root or tempfile.mkdtemp(prefix=f"seed_study_{a.study}_"))
-    fn, res = {"ifd": ifd, "ccafl": ccafl, "ddp": ddp, "phase": phase}[a.study], {}
+    fn, res = {"ifd": ifd, "ccafl": ccafl, "ddp": ddp, "phase": phase, "smoothing": smoothing}[a.study], {}
     if a.study == "ccafl" and a.variants: fn = lambda s, r: ccafl(s, r, tuple(a.variants.split(",")))
     for s in _seeds(a.seeds):
         res[s] = fn(s, root)
