@@ -137,3 +137,20 @@ def test_ccafl_warns_on_a_class_count_other_than_the_authors(tmp_path):
     data = DATASETS["market1501"](d)
     cfg = make_config("ccafl", "market1501", backbone="reid-tiny-rn", data_root=str(tmp_path))
     with pytest.warns(UserWarning, match=r"market1501 at .*: \d+ intra-camera classes .* hard-code 3262"): CCAFL(cfg, data)
+
+def test_metrics_hold_the_best_evaluated_epoch_beside_the_last(tmp_path):
+    "The papers' reporting (best of the evaluated epochs) is in metrics.json and the report, labelled; the last epoch stays primary."
+    import json
+    from reid_nb.report import collect_runs, ifd_table1, BEST_ROW
+    cfg = make_config("ifd", "synth-prcc", name="best", data_root=str(tmp_path / "data"), out_dir=str(tmp_path / "runs"), epochs=3,
+                      batch_size=16, num_instances=4, image_size=(64, 32), dataset_opts=TINY, progress=False, eval_every=1, device="cpu",
+                      method_opts={"variant": "ifd", "attn_epochs": 1})
+    m = fit(cfg)
+    b = json.loads((tmp_path / "runs" / "best" / "metrics.json").read_text())["best_of_evaluated"]
+    log = pd.read_csv(tmp_path / "runs" / "best" / "log.csv")
+    assert b["evaluated_epochs"] == [1, 2, 3] and b["rule"].startswith("best cc R1")
+    row = log[log.epoch == b["epoch"]].iloc[0]
+    assert row.cc_R1 == log.cc_R1.max() and b["protocols"]["sc"]["mAP"] == pytest.approx(row.sc_mAP)
+    assert log.cc_mAP.iloc[-1] == pytest.approx(m["protocols"]["cc"]["mAP"])          # the last epoch is the primary figure
+    t = ifd_table1(collect_runs(tmp_path / "runs"), synthetic=True)
+    assert BEST_ROW in t.df.index and "best of their evaluated epochs" in t.to_markdown()
