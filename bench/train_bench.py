@@ -44,27 +44,15 @@ def bare(method, model, batch, stage, cfg, dev, iters):
     return len(batch["img"]) * iters / (time.perf_counter() - t)
 
 def setup(cfg):
-    "(device, data, method, training transform, dataset) as fit builds them."
-    from reid_nb.engine import METHODS, load_data, load_methods, transform_config
-    from reid_nb.data import ImageDataset
-    from reid_nb.transforms import build_transforms
-    load_methods()
-    dev = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
-    data = load_data(cfg, METHODS[cfg.method])
-    method = METHODS[cfg.method](cfg, data)
-    train_tf, _ = build_transforms(transform_config(cfg), method.label_set)
-    return dev, data, method, train_tf, ImageDataset(data.train, train_tf, label_set=method.label_set, labels=method.train_labels())
+    "The engine's own set-up of `cfg` (`engine.prepare_run`: device, data, method, model, transforms, sampler, data path)."
+    from reid_nb.engine import prepare_run
+    return prepare_run(cfg.replace(compile=False))                    # `bare` compiles its own model when asked
 
 def measure(name, cfg, iters):
     from reid_nb.engine import fit, train_batches, _to
-    dev, data, method, train_tf, ds = setup(cfg)
-    model = method.build_model().to(dev)
-    sampler = method.sampler(cfg.batch_size)
-    cache = None
-    if cfg.data_path == "cache":
-        from reid_nb.datapath import DecodedCache
-        cache = DecodedCache.build(data.train, train_tf, method.label_set, cfg.num_workers)
-    dl = train_batches(cfg, ds, sampler, dev, cache)
+    run = setup(cfg)
+    dev, method, model, sampler = run.device, run.method, run.model, run.sampler
+    dl = train_batches(cfg, run.ds, sampler, dev, run.cache)
     n, t = 0, None
     for e in range(100):                                              # the loader alone, past its first batch
         sampler.set_epoch(e)
@@ -92,8 +80,9 @@ def measure(name, cfg, iters):
 def sweep(name, cfg, iters):
     "Bare compute of one method for each precision x memory format (a fresh model each), in one process: the defaults' evidence."
     from reid_nb.engine import train_batches, _to
-    dev, data, method, train_tf, ds = setup(cfg)
-    batch = _to(next(iter(train_batches(cfg, ds, method.sampler(cfg.batch_size), dev))), dev)
+    run = setup(cfg)
+    dev, method = run.device, run.method
+    batch = _to(next(iter(train_batches(cfg, run.ds, run.sampler, dev))), dev)
     amps = ["off", "bf16"] + (["fp16"] if dev.type == "cuda" else [])
     rates = {}
     for rep in range(2):                                                # interleaved repeats; the faster of two

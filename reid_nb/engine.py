@@ -27,8 +27,9 @@ from .transforms import TransformConfig, build_transforms
 __all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'TrainConfig', 'project_root', 'resolve_path', 'Stage', 'Method',
            'load_methods', 'register_method', 'build_optimizer', 'lr_factor', 'stage_optimizer', 'extract_features',
            'evaluate_protocols', 'write_log', 'best_of_evaluated', 'GlobalBatchNorm', 'convert_sync_bn', 'resolve_amp',
-           'resolve_memory_format', 'transform_config', 'model_spec', 'load_data', 'train_batches', 'fit', 'parse_sets',
-           'main', 'make_config']
+           'resolve_memory_format', 'transform_config', 'model_spec', 'load_data', 'train_batches', 'Run',
+           'prepare_run', 'Schedule', 'restore', 'train_epoch', 'evaluation_row', 'checkpoint_state', 'end_epoch',
+           'finish', 'fit', 'parse_sets', 'main', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -431,8 +432,46 @@ def train_batches(cfg: TrainConfig, ds: ImageDataset, sampler, device: torch.dev
                                        num_workers=cfg.num_workers, worker_init_fn=seed_worker, generator=g,
                                        persistent_workers=cfg.num_workers > 0, pin_memory=device.type == "cuda")
 
-def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
-    "Train `cfg.method` on `cfg.dataset`, evaluate every protocol, write runs/<name>/; returns the final metrics."
+
+# %% ../nbs/08_engine.ipynb #a231fe17
+@dataclass
+class Run:
+    "What `prepare_run` sets up: the pieces the loop, the evaluation and the checkpoint share."
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    amp: str                                  # resolved precision (`resolve_amp`)
+    mem_format: torch.memory_format
+    data: ReIDData
+    method: Method
+    model: nn.Module                          # the module itself: what is saved and evaluated
+    net: nn.Module                            # what the loop calls: `model`, or its DDP wrapper
+    rd: RunDir
+    train_tf: Any
+    test_tf: Any
+    sampler: EpochBatchSampler
+    ds: ImageDataset
+    cache: Any = None                         # data_path="cache": the training set's DecodedCache
+    decoded: dict | None = None               # ... and the evaluated lists' ({id(list): DecodedCache}, rank 0)
+
+def _decode_caches(cfg: TrainConfig, data: ReIDData, method: Method, train_tf, rank: int, first: bool):
+    "data_path='cache': the training set decoded once per node (memory-mapped under `cache_dir` if set) and the evaluated lists."
+    from reid_nb.datapath import DecodedCache
+    cdir = resolve_path(cfg.cache_dir) if cfg.cache_dir else None
+    build = lambda lst: DecodedCache.build(lst, train_tf, method.label_set, cfg.num_workers, cdir, progress=cfg.progress and rank == 0)
+    cache = build(data.train) if first or cdir is None else None
+    if cdir is not None: _barrier()                                 # each node's first process writes the memory-mapped
+    if not first and cdir is not None: cache = build(data.train)    # cache, the node's other processes then map it
+    method.train_cache = cache                                      # CCAFL's passes over the training set read it too
+    decoded = None
+    if rank == 0:                                                   # the evaluated lists, for every evaluation
+        lists = {id(l): l for p in data.protocols.values() for l in (p.query, p.gallery)}
+        decoded = {k: build(l) for k, l in lists.items()}
+    return cache, decoded
+
+def prepare_run(cfg: TrainConfig, origin: dict | None = None) -> Run:
+    "Devices, data, method, model, run folder, transforms, sampler and data path of `cfg`: everything before the first step."
     load_methods()
     if cfg.method not in METHODS: raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
     rank, world, device = _dist_setup(cfg)
@@ -457,101 +496,145 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
     sampler = method.sampler(cfg.batch_size, num_replicas=world, rank=rank)     # global batches, each rank its slice
     if cfg.iters_per_epoch: sampler.batches_per_epoch = cfg.iters_per_epoch
     ds = ImageDataset(data.train, train_tf, label_set=method.label_set, labels=method.train_labels())
-    cache, decoded = None, None
-    if cfg.data_path == "cache":                                        # decoded once; each node's processes build their own
-        from reid_nb.datapath import DecodedCache
-        cdir = resolve_path(cfg.cache_dir) if cfg.cache_dir else None
-        build = lambda lst: DecodedCache.build(lst, train_tf, method.label_set, cfg.num_workers, cdir, progress=cfg.progress and rank == 0)
-        if first or cdir is None: cache = build(data.train)
-        if cdir is not None: _barrier()                                 # each node's first process writes the memory-mapped
-        if not first and cdir is not None: cache = build(data.train)    # cache, the node's other processes then map it
-        method.train_cache = cache                                      # CCAFL's passes over the training set read it too
-        if rank == 0:                                                   # the evaluated lists, for every evaluation
-            lists = {id(l): l for p in data.protocols.values() for l in (p.query, p.gallery)}
-            decoded = {k: build(l) for k, l in lists.items()}
+    cache, decoded = _decode_caches(cfg, data, method, train_tf, rank, first) if cfg.data_path == "cache" else (None, None)
     if world > 1 and cfg.sync_bn: model = convert_sync_bn(model, cuda=device.type == "cuda")
     if cfg.compile: model.compile()                                     # its forward, in place: state dict keys unchanged
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=method.find_unused_parameters) if world > 1 else model
-    stages = method.stages()
-    total = sum(s.epochs for s in stages)
-    origin = total - stages[-1].epochs if cfg.milestones_from == "last_stage" and cfg.schedule == "global" else 0
-    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]    # bias_lr_factor's group
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
-    ckpt_path = rd.checkpoints / "last.pt"
-    log, start, state = [], 0, None
-    if cfg.resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        if state["config"] != cfg.replace(resume=False).to_dict():
-            raise ValueError(f"{ckpt_path} was written by another config; resume with the same config (see {rd.config})")
-        model.load_state_dict(state["model"]); scaler.load_state_dict(state["scaler"]); method.load_state_dict(state.get("method", {}))
-        log, start = state["log"], state["epoch"]
-        _set_rng_state(state["rng"])
-    opt, s_start, dl = None, 0, train_batches(cfg, ds, sampler, device, cache)
+    return Run(cfg, rank, world, device, amp, mem_format, data, method, model, net, rd, train_tf, test_tf, sampler, ds, cache, decoded)
+
+# %% ../nbs/08_engine.ipynb #6c7385fd
+@dataclass
+class Schedule:
+    "The run's epochs over the method's stages, each epoch's learning rate, and which epochs are evaluated."
+    cfg: TrainConfig
+    stages: list
+
+    def __post_init__(self):
+        self.total = sum(s.epochs for s in self.stages)
+        self.starts = [sum(s.epochs for s in self.stages[:i]) for i in range(len(self.stages))]     # each stage's first global epoch
+        last = self.cfg.milestones_from == "last_stage" and self.cfg.schedule == "global"
+        self.origin = self.total - self.stages[-1].epochs if last else 0
+
+    def spans(self, start: int = 0, resume_stage: int | None = None):
+        "(index, stage, its epochs still to train) for every stage from global epoch `start`; a resumed stage even when finished."
+        for si, (stage, s0) in enumerate(zip(self.stages, self.starts)):
+            if start < s0 + stage.epochs or si == resume_stage: yield si, stage, range(max(s0, start), s0 + stage.epochs)
+
+    def base_lr(self, si: int) -> float: return self.stages[si].lr or self.cfg.lr
+
+    def lr(self, si: int, epoch: int) -> float:
+        "The learning rate of global `epoch` in stage `si` (a group's `lr_mult` multiplies it)."
+        e, n = (epoch, self.total) if self.cfg.schedule == "global" else (epoch - self.starts[si], self.stages[si].epochs)
+        return self.base_lr(si) * lr_factor(e, n, self.cfg, self.origin)
+
+    def evaluate_after(self, epoch: int) -> bool:
+        "Evaluate after global `epoch` (0-based)? Every `eval_every` epochs; the last epoch is evaluated by `finish` anyway."
+        return bool(self.cfg.eval_every) and (epoch + 1) % self.cfg.eval_every == 0 and epoch + 1 < self.total
+
+# %% ../nbs/08_engine.ipynb #473dc8db
+def restore(run: Run, scaler) -> tuple[list, int, dict | None]:
+    "(log, first epoch to train, checkpoint or None): the state of `run.rd`'s last.pt when resuming, else a fresh start."
+    ckpt = run.rd.checkpoints / "last.pt"
+    if not (run.cfg.resume and ckpt.is_file()): return [], 0, None
+    state = load_checkpoint(ckpt)
+    if state["config"] != run.cfg.replace(resume=False).to_dict():
+        raise ValueError(f"{ckpt} was written by another config; resume with the same config (see {run.rd.config})")
+    run.model.load_state_dict(state["model"]); scaler.load_state_dict(state["scaler"]); run.method.load_state_dict(state.get("method", {}))
+    _set_rng_state(state["rng"])
+    return state["log"], state["epoch"], state
+
+# %% ../nbs/08_engine.ipynb #9297da70
+def train_epoch(run: Run, dl, opt: torch.optim.Optimizer, scaler, stage: Stage, epoch: int, total: int) -> dict:
+    "Train one epoch of `stage` on `dl`'s batches; its log row (without evaluation)."
+    cfg, method, device = run.cfg, run.method, run.device
     acc = torch.float32 if device.type == "mps" else torch.float64     # loss sums stay on the device: one read per epoch
-    for si, stage in enumerate(stages):
-        s_end, base_lr, resumed_here = s_start + stage.epochs, stage.lr or cfg.lr, state is not None and state["stage"] == si
-        if start >= s_end and not resumed_here: s_start = s_end; continue    # stage finished before the resume point
-        opt = stage_optimizer(method.parameters(model, stage), cfg, base_lr, opt, biases)
-        if resumed_here: opt.load_state_dict(state["optimizer"])
-        epoch = max(s_start, start)
-        while epoch < s_end:
-            e, n = (epoch, total) if cfg.schedule == "global" else (epoch - s_start, stage.epochs)
-            for g in opt.param_groups: g["lr"] = base_lr * lr_factor(e, n, cfg, origin) * g.get("lr_mult", 1.0)
-            _epoch_seed(cfg.seed, epoch)
-            sampler.set_epoch(epoch)
-            method.on_epoch_start(model, stage, epoch)
-            net.train()
-            sums, n_img, t0, it = {}, 0, time.perf_counter(), 0
-            n_it = len(dl) if not cfg.max_iters else min(cfg.max_iters, len(dl))
-            bar = tqdm(total=n_it, desc=f"{stage.name} {epoch + 1}/{total}", disable=not cfg.progress or rank != 0,
-                       file=sys.stdout, leave=False, mininterval=10, ncols=90)
-            for batch in dl:
-                if it == n_it: break
-                batch = _to(batch, device, mem_format)
-                with _autocast(amp, device): losses = method.loss(net, batch, stage, epoch)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(losses["loss"]).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_([p for gr in opt.param_groups for p in gr["params"]], cfg.grad_clip)
-                scaler.step(opt); scaler.update()
-                for k, v in losses.items(): sums[k] = sums.get(k, 0) + torch.as_tensor(v).detach().to(acc)
-                n_img += len(batch["img"]) * world; it += 1; bar.update()
-            bar.close()
-            means = {k: float(v) / max(it, 1) for k, v in sums.items()}      # the epoch's one read of the device
-            dt = time.perf_counter() - t0
-            row = {"epoch": epoch + 1, "stage": stage.name, "lr": opt.param_groups[0]["lr"],
-                   **means, **method.epoch_log(), "images_per_s": n_img / dt, "seconds": dt}
-            epoch += 1
-            if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch < total:
-                if rank == 0:
-                    m = evaluate_protocols(method, model, data, test_tf, cfg, device, decoded=decoded)
-                    row.update({f"{p}_{k}": v for p, d in m.items() for k, v in d.items() if k in ("mAP", "R1")})
-                _barrier()
-            log.append(row)
-            if rank == 0:
-                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-                write_log(rd.log, log)
-                atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                                   "stage": si, "epoch": epoch, "log": log, "sampler": sampler.state_dict(), "rng": _rng_state(),
-                                   "method": method.state_dict(),
-                                   "config": cfg.replace(resume=False).to_dict()}, ckpt_path)
-            _barrier()
-        s_start = s_end
-    metrics = {}
-    if rank == 0:
+    run.net.train()
+    sums, n_img, t0, it = {}, 0, time.perf_counter(), 0
+    n_it = len(dl) if not cfg.max_iters else min(cfg.max_iters, len(dl))
+    bar = tqdm(total=n_it, desc=f"{stage.name} {epoch + 1}/{total}", disable=not cfg.progress or run.rank != 0,
+               file=sys.stdout, leave=False, mininterval=10, ncols=90)
+    for batch in dl:
+        if it == n_it: break
+        batch = _to(batch, device, run.mem_format)
+        with _autocast(run.amp, device): losses = method.loss(run.net, batch, stage, epoch)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(losses["loss"]).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_([p for gr in opt.param_groups for p in gr["params"]], cfg.grad_clip)
+        scaler.step(opt); scaler.update()
+        for k, v in losses.items(): sums[k] = sums.get(k, 0) + torch.as_tensor(v).detach().to(acc)
+        n_img += len(batch["img"]) * run.world; it += 1; bar.update()
+    bar.close()
+    means = {k: float(v) / max(it, 1) for k, v in sums.items()}      # the epoch's one read of the device
+    dt = time.perf_counter() - t0
+    return {"epoch": epoch + 1, "stage": stage.name, "lr": opt.param_groups[0]["lr"],
+            **means, **method.epoch_log(), "images_per_s": n_img / dt, "seconds": dt}
+
+# %% ../nbs/08_engine.ipynb #c92d3663
+def evaluation_row(run: Run) -> dict:
+    "mAP and R1 of every protocol, as log columns (`<protocol>_mAP`, `<protocol>_R1`)."
+    m = evaluate_protocols(run.method, run.model, run.data, run.test_tf, run.cfg, run.device, decoded=run.decoded)
+    return {f"{p}_{k}": v for p, d in m.items() for k, v in d.items() if k in ("mAP", "R1")}
+
+def checkpoint_state(run: Run, opt: torch.optim.Optimizer, scaler, stage_index: int, epoch: int, log: list) -> dict:
+    "What last.pt holds after global epoch `epoch` (1-based: the number of epochs done): all a resume needs, loadable with weights_only."
+    return {"model": run.model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+            "stage": stage_index, "epoch": epoch, "log": log, "sampler": run.sampler.state_dict(), "rng": _rng_state(),
+            "method": run.method.state_dict(), "config": run.cfg.replace(resume=False).to_dict()}
+
+def end_epoch(run: Run, log: list, opt: torch.optim.Optimizer, scaler, stage_index: int) -> None:
+    "Rank 0: print the epoch's row, write log.csv and the checkpoint (both atomically)."
+    if run.rank != 0: return
+    row = log[-1]
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    write_log(run.rd.log, log)
+    atomic_torch_save(checkpoint_state(run, opt, scaler, stage_index, row["epoch"], log), run.rd.checkpoints / "last.pt")
+
+# %% ../nbs/08_engine.ipynb #0944379a
+def finish(run: Run, log: list, total: int) -> dict:
+    "Rank 0: evaluate, write metrics.json and model.pt; every rank: leave the process group. The final metrics (rank 0) or {}."
+    cfg, metrics = run.cfg, {}
+    if run.rank == 0:
         metrics = {"dataset": cfg.dataset, "method": cfg.method, "backbone": cfg.backbone, "epochs": total,
                    "synthetic": cfg.dataset.startswith("synth"), "method_opts": cfg.method_opts,
-                   "protocols": evaluate_protocols(method, model, data, test_tf, cfg, device, artifacts=rd.path / "eval", decoded=decoded)}
+                   "protocols": evaluate_protocols(run.method, run.model, run.data, run.test_tf, cfg, run.device,
+                                                   artifacts=run.rd.path / "eval", decoded=run.decoded)}
         if log:
             log[-1].update({f"{p}_{k}": v for p, d in metrics["protocols"].items() for k, v in d.items() if k in ("mAP", "R1")})
-            write_log(rd.log, log)
-            metrics["best_of_evaluated"] = best_of_evaluated(log, list(metrics["protocols"]), method.best_on)
-        rd.write_metrics(metrics)
-        atomic_torch_save(model.state_dict(), rd.path / "model.pt")
+            write_log(run.rd.log, log)
+            metrics["best_of_evaluated"] = best_of_evaluated(log, list(metrics["protocols"]), run.method.best_on)
+        run.rd.write_metrics(metrics)
+        atomic_torch_save(run.model.state_dict(), run.rd.path / "model.pt")
     _barrier()
-    if world > 1: dist.destroy_process_group()
+    if run.world > 1: dist.destroy_process_group()
     return metrics
+
+# %% ../nbs/08_engine.ipynb #c39802e5
+def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
+    "Train `cfg.method` on `cfg.dataset`, evaluate every protocol, write runs/<name>/; returns the final metrics."
+    run = prepare_run(cfg, origin)
+    sched = Schedule(cfg, run.method.stages())
+    biases = [p for n, p in run.model.named_parameters() if n.endswith("bias")]    # bias_lr_factor's group
+    scaler = torch.amp.GradScaler("cuda", enabled=run.amp == "fp16")
+    log, start, state = restore(run, scaler)
+    dl, opt = train_batches(cfg, run.ds, run.sampler, run.device, run.cache), None
+    for si, stage, epochs in sched.spans(start, state["stage"] if state else None):
+        opt = stage_optimizer(run.method.parameters(run.model, stage), cfg, sched.base_lr(si), opt, biases)
+        if state is not None and state["stage"] == si: opt.load_state_dict(state["optimizer"])
+        for epoch in epochs:
+            for g in opt.param_groups: g["lr"] = sched.lr(si, epoch) * g.get("lr_mult", 1.0)
+            _epoch_seed(cfg.seed, epoch)
+            run.sampler.set_epoch(epoch)
+            run.method.on_epoch_start(run.model, stage, epoch)
+            row = train_epoch(run, dl, opt, scaler, stage, epoch, sched.total)
+            if sched.evaluate_after(epoch):
+                if run.rank == 0: row.update(evaluation_row(run))
+                _barrier()
+            log.append(row)
+            end_epoch(run, log, opt, scaler, si)
+            _barrier()
+    return finish(run, log, sched.total)
 
 # %% ../nbs/08_engine.ipynb #23
 def parse_sets(pairs: list[str]) -> dict:

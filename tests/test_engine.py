@@ -223,3 +223,17 @@ def test_amp_resolution():
     assert resolve_memory_format("channels_last", cpu) == torch.channels_last
     with pytest.raises(ValueError, match="needs a CUDA device"): resolve_amp("fp16", cpu)
     with pytest.raises(ValueError, match="memory_format"): tiny_cfg(Path("/tmp"), memory_format="nhwc")
+
+def test_checkpoint_holds_what_a_resume_needs(tmp_path):
+    "last.pt after a 2-stage run: exactly `checkpoint_state`'s keys, loadable with weights_only, at the last stage and epoch."
+    from reid_nb.engine import checkpoint_state
+    import inspect
+    cfg = make_config("ifd", "synth-prcc", name="ck", data_root=str(tmp_path / "data"), out_dir=str(tmp_path / "runs"), epochs=3,
+                      batch_size=16, num_instances=4, image_size=(64, 32), dataset_opts=TINY, progress=False, eval_every=0,
+                      device="cpu", method_opts={"attn_epochs": 1})
+    fit(cfg)
+    ck = torch.load(tmp_path / "runs" / "ck" / "checkpoints" / "last.pt", weights_only=True)
+    keys = {"model", "optimizer", "scaler", "stage", "epoch", "log", "sampler", "rng", "method", "config"}
+    assert set(ck) == keys and all(f'"{k}"' in inspect.getsource(checkpoint_state) for k in keys)
+    assert (ck["stage"], ck["epoch"], len(ck["log"])) == (1, 3, 3) and ck["config"] == cfg.to_dict()
+    assert ck["sampler"] == {"seed": 0, "epoch": 2} and set(ck["rng"]) == {"torch", "numpy_keys", "numpy_pos", "python", "cuda"}
