@@ -1,4 +1,4 @@
-"""Search benchmark: reid_nb.inference's exact blocked search against faiss approximate indexes, measured in the same run.
+"""Search benchmark: reid_nb.search's exact blocked search against faiss approximate indexes, measured in the same run.
 
 Gallery and queries are seeded identity-correlated features (a centre per identity, a camera bias, noise of varying size),
 L2-normalised, about as clustered as a trained model's (`--noise 0.5`: same-identity cosine similarity near 0.8, other
@@ -40,7 +40,7 @@ def main():
     ap.add_argument("--nprobe", type=int, nargs="+", default=[16, 64])
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
-    from reid_nb.inference import FaissIndex, topk_exact
+    from reid_nb.search import FaissIndex, topk_exact
     import faiss
     qf, gf = make_features(a.gallery, a.queries, a.dim, a.ids, a.noise)
     print(f"gallery {a.gallery} x {a.dim}, {a.queries} queries, k={a.k}, {os.cpu_count()} CPU threads, torch {torch.__version__}, faiss {faiss.__version__}")

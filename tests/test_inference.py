@@ -12,8 +12,10 @@ from PIL import Image
 
 from reid_nb.core import load_checkpoint
 from reid_nb.engine import fit, make_config
-from reid_nb.inference import (Embedder, build_for_inference, check_export, embed_folder, embed_main, export, export_main,
-                               find_mask, list_images, load_model, read_features, read_run, search, search_main, topk_exact)
+from reid_nb.inference import Embedder, build_for_inference, find_mask, list_images, load_model, read_run
+from reid_nb.features import embed_folder, embed_main, read_features
+from reid_nb.search import search, search_main, topk_exact
+from reid_nb.export import check_export, export, export_main
 from reid_nb.metrics import pairwise_distance, re_ranking
 
 SMALL = dict(n_train_ids=8, n_test_ids=8, images_per_cam=3)
