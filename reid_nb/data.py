@@ -18,7 +18,7 @@ from PIL import Image
 # %% auto #0
 __all__ = ['EXPECTED_COUNTS', 'IMG_EXTS', 'LIP', 'ATR', 'LABEL_SETS', 'DATASETS', 'PRCC_LAYOUT', 'LTCC_LAYOUT', 'MSMT_LAYOUT',
            'MSMT_VERSIONS', 'MSMT_LISTS', 'FOLDER_LAYOUT', 'Sample', 'Protocol', 'ReIDData', 'DatasetLayoutError',
-           'LabelSet', 'get_label_set', 'mask_path_for', 'read_mask', 'clothes_mask', 'mask_clothes',
+           'LabelSet', 'get_label_set', 'mask_path_for', 'read_mask', 'clothes_mask', 'mask_clothes', 'read_sample',
            'register_dataset', 'load_dataset', 'load_prcc', 'load_ltcc', 'load_market1501', 'load_dukemtmc',
            'load_msmt17', 'load_folder', 'ICSLabels', 'intra_camera_labels', 'ImageDataset']
 
@@ -233,6 +233,11 @@ def _open_image(path: str | Path) -> Image.Image:
     except Exception as e:
         raise OSError(f"image {path} could not be read as an image ({type(e).__name__}: {e})") from e
 
+def read_sample(image: str | Path, mask: str | Path | None = None, label_set: str | LabelSet = "lip") -> tuple[Image.Image, np.ndarray | None]:
+    "An image file as RGB and its parsing mask (checked against the image's size and `label_set`): the one reader of every data path."
+    img = _open_image(image)
+    return img, (read_mask(mask, label_set, size=img.size) if mask is not None else None)
+
 def _attach_masks(data: ReIDData, masks: bool | None, missing_masks: str, label_set: LabelSet) -> ReIDData:
     if missing_masks not in ("error", "skip"): raise ValueError(f"missing_masks={missing_masks!r} is not 'error' or 'skip'")
     mroot = data.root / "masks"
@@ -269,8 +274,7 @@ def _verify(data: ReIDData, skip_unreadable: bool, label_set: LabelSet) -> ReIDD
         out = []
         for s in samples:
             try:
-                im = _open_image(s.path)
-                if s.mask is not None: read_mask(s.mask, label_set, size=im.size)
+                read_sample(s.path, s.mask, label_set)
                 out.append(s)
             except (OSError, ValueError) as e:
                 if not skip_unreadable: raise
@@ -539,8 +543,7 @@ class ImageDataset(torch.utils.data.Dataset):
         "`key`: an index, or (index, augmentation seed) as the training samplers yield: the random transform then uses that seed."
         i, gen = (int(key[0]), torch.Generator().manual_seed(int(key[1]))) if isinstance(key, tuple) else (key, None)
         s = self.samples[i]
-        img = _open_image(s.path)
-        mask = read_mask(s.mask, self.label_set, size=img.size) if s.mask is not None else None
+        img, mask = read_sample(s.path, s.mask, self.label_set)
         if self.transform is not None: img, mask = self.transform(img, mask, gen=gen) if gen is not None else self.transform(img, mask)
         else:
             img = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255

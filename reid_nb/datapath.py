@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from .core import atomic_path, atomic_write_json
-from .data import LabelSet, _open_image, get_label_set, mask_clothes, read_mask
+from .data import LabelSet, get_label_set, mask_clothes, read_sample
 from .transforms import PairTransform
 
 # %% auto #0
@@ -27,9 +27,7 @@ class _Decode(torch.utils.data.Dataset):
     def __len__(self): return len(self.samples)
     def __getitem__(self, i):
         s = self.samples[i]
-        img = _open_image(s.path)
-        mask = read_mask(s.mask, self.label_set, size=img.size) if s.mask is not None else None
-        x, m = self.tf.resize(img, mask)
+        x, m = self.tf.resize(*read_sample(s.path, s.mask, self.label_set))
         return x, (m.to(torch.uint8) if m is not None else torch.empty(0, dtype=torch.uint8))
 
 def _fingerprint(samples, size, label_set: LabelSet) -> str:

@@ -22,9 +22,13 @@ __all__ = ['parse_ids', 'fingerprint', 'read_features', 'embed_folder', 'embed_m
 _MARKET = re.compile(r"^(-?\d+)_c(\d+)")
 _MSMT = re.compile(r"^(\d+)_(\d+)_(\d+)_")
 
-def parse_ids(rel: str | Path) -> tuple[int, int, int, str]:
-    "(pid, camera, clothes, layout) of an image path (relative to the embedded folder) in a known layout; -1 and '' otherwise."
-    rel = Path(rel); name, parts = rel.name, rel.parts[:-1]
+def parse_ids(path: str | Path, root: str | Path | None = None) -> tuple[int, int, int, str]:
+    """(pid, camera, clothes, layout) of an image in a known layout; -1 and '' otherwise. `path` is relative to `root` (the
+    embedded folder, whose own name may be the camera: PRCC's test/A), or, without a root, read from its last three parts
+    (<cam>/<pid>/file at most): `embed_folder` and `reid-search` both ask this way."""
+    path = Path(path)
+    rel = Path(Path(root).absolute().name) / path if root is not None else Path(*path.absolute().parts[-3:])
+    name, parts = rel.name, rel.parts[:-1]
     if m := _LTCC_RE.match(name): return int(m[1]), int(m[3]) - 1, int(m[1]) * 1000 + int(m[2]), "ltcc"
     if m := _MARKET.match(name): return int(m[1]), int(m[2]) - 1, -1, "market"
     if parts and parts[-1].isdigit():
@@ -86,7 +90,7 @@ def embed_folder(emb: Embedder, folder: str | Path, out: str | Path, chunk: int 
                       meta=np.array(json.dumps({"fingerprint": fp})))
         done.update(zip(batch, f)); bar.update(len(batch))
     bar.close()
-    parsed = [parse_ids(Path(folder.absolute().name) / r) for r in rels]       # the folder's own name may be the camera (PRCC's test/A)
+    parsed = [parse_ids(r, root=folder) for r in rels]
     ids = np.array([x[:3] for x in parsed], dtype=np.int64).reshape(-1, 3)
     meta = {"fingerprint": fp, "run": str(emb.weights.parent if emb.weights.name == "model.pt" else emb.weights), "weights": str(emb.weights),
             "folder": str(folder.absolute()), "method": emb.cfg.method, "backbone": emb.cfg.backbone, "flip": emb.net.flip,

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import reid_nb
 from .core import ConfigError, get_device, load_checkpoint
-from .data import _images, _open_image, get_label_set, mask_clothes, mask_path_for, read_mask
+from .data import _images, _open_image, get_label_set, mask_clothes, mask_path_for, read_mask, read_sample
 from .engine import METHODS, MODEL_FORMAT, Method, TrainConfig, load_methods, transform_config
 from .transforms import NORMS, PairTransform, TransformConfig
 
@@ -167,23 +167,30 @@ class _Inputs(torch.utils.data.Dataset):
         if isinstance(it, torch.Tensor): return it.cpu()
         raise TypeError(f"expected a path, PIL image, tensor or array, got {type(it).__name__}")
 
-    def _mask(self, i, size_wh):
+    def _mask_source(self, i):
+        "None (no masks read), a mask file, or a given mask array."
         if not self.needs_masks: return None
         m = self.masks[i] if self.masks is not None else None
         if m is None:
             if not isinstance(self.items[i], (str, Path)):
                 raise ValueError(f"{self._name(i)}: the method reads parsing masks; pass masks=[...] for images given as arrays or tensors")
-            m = find_mask(self.items[i])
-        if isinstance(m, (str, Path)): return read_mask(m, self.label_set, size=size_wh)
-        m = np.asarray(m)
-        if (m.shape[1], m.shape[0]) != tuple(size_wh): raise ValueError(f"its mask is {m.shape[1]}x{m.shape[0]} but the image is {size_wh[0]}x{size_wh[1]}")
-        return m
+            return find_mask(self.items[i])
+        return m if isinstance(m, (str, Path)) else np.asarray(m)
+
+    def _read(self, i):
+        "(image, mask): files through the datasets' reader (`read_sample`), other inputs as given, the mask checked against the image."
+        it, m = self.items[i], self._mask_source(i)
+        if isinstance(it, (str, Path)) and not isinstance(m, np.ndarray): return read_sample(it, m, self.label_set)
+        img = self._image(it)
+        size = img.size if isinstance(img, Image.Image) else (img.shape[-1], img.shape[-2])
+        if isinstance(m, (str, Path)): return img, read_mask(m, self.label_set, size=size)
+        if m is not None and (m.shape[1], m.shape[0]) != tuple(size):
+            raise ValueError(f"its mask is {m.shape[1]}x{m.shape[0]} but the image is {size[0]}x{size[1]}")
+        return img, m
 
     def __getitem__(self, i):
         try:
-            img = self._image(self.items[i])
-            size = img.size if isinstance(img, Image.Image) else (img.shape[-1], img.shape[-2])
-            x, m = self.tf(img, self._mask(i, size))
+            x, m = self.tf(*self._read(i))
         except (OSError, ValueError, TypeError) as e:
             if isinstance(e, FileNotFoundError) or str(e).startswith(self._name(i)): raise
             raise type(e)(f"{self._name(i)}: {e}") from e

@@ -90,7 +90,7 @@ def _queries(a, gallery: dict) -> tuple[torch.Tensor, list[str], np.ndarray]:
         return torch.from_numpy(q["features"]), q["paths"].tolist(), q["pid"] if "pid" in q else np.full(len(q["paths"]), -1)
     emb = load_model(a.run or gallery["meta"]["weights"], a.device, flip=gallery["meta"].get("flip"))
     items = [p for x in a.query for p in (list_images(x) if Path(x).is_dir() else [Path(x)])]
-    return emb(items), [str(p) for p in items], np.array([parse_ids(Path(*p.absolute().parts[-3:]))[0] for p in items])   # <cam>/<pid>/file at most
+    return emb(items), [str(p) for p in items], np.array([parse_ids(p)[0] for p in items])
 
 def search_main(argv=None) -> None:
     "Console script `reid-search GALLERY.npz QUERY... -k 10`."
