@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.reid_nb-installed
 # nbdev_test workers; tests/ run with pytest afterwards
 N_WORKERS ?= 2
 
-.PHONY: install demo study test test-nbs test-py test-lower check readme export clean-nbs bench lock clean
+.PHONY: gpu-check install demo study test test-nbs test-py test-lower check readme export clean-nbs bench lock clean
 
 install: $(STAMP)
 
@@ -76,8 +76,14 @@ test-lower:
 lock: install
 	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^reid.nb'; } > constraints.tmp && mv constraints.tmp constraints.txt
 
+# one command verifies a CUDA GPU (bench/gpu_check.py): gpu-check/report.md and report.json; exit 1 where a check fails.
+# On a GPU machine set up by hand (README: "On a GPU machine without internet access") it uses that Python, else .venv's.
+GPU_PY := $(shell test -x $(BIN)/python && echo $(BIN)/python || echo python3)
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
 bench: install
-	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in $(filter-out bench/gpu_check.py,$(wildcard bench/*.py)); do $(BIN)/python $$b || exit 1; done   # gpu_check: make gpu-check
 
 clean:
 	rm -rf $(VENV) .venv-lower runs .pytest_cache

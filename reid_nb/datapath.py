@@ -46,6 +46,10 @@ class DecodedCache:
 
     def __len__(self): return len(self.images)
 
+    def to(self, device: str | torch.device) -> "DecodedCache":
+        "The cache resident on `device` (a GPU's memory: `cache_on_device=True`): batches are read and augmented there, no host copy."
+        return type(self)(self.images.to(device), None if self.masks is None else self.masks.to(device), self.key)
+
     @classmethod
     def build(cls, samples: Sequence, transform: PairTransform, label_set: str | LabelSet = "lip", num_workers: int = 0,
               cache_dir: str | Path | None = None, progress: bool = False) -> "DecodedCache":
@@ -81,7 +85,8 @@ class DecodedCache:
                device: str | torch.device = "cpu") -> dict:
         "The transformed batch of cached items `idx` on `device`: img, and with masks mask and masked_img (as ImageDataset gives)."
         device = torch.device(device)
-        if device.type == "cpu":                                      # read in place: no gathered copy of the batch
+        if self.images.device == device or (device.type == "cuda" and self.images.device.type == "cuda" and device.index is None):
+            # resident where the batch is wanted (the CPU, or a GPU after `to`): read in place, no gathered copy of the batch
             rows = torch.arange(len(self))[idx] if isinstance(idx, slice) else torch.as_tensor(idx)
             x, m = transform.apply_batch(self.images, self.masks, params, rows)
         else:                                                         # gather, pinned copy, one transfer, augment there

@@ -69,6 +69,7 @@ class TrainConfig(Config):
     data_path: str = "pil"                   # pil: ImageDataset + DataLoader workers | cache: decode once, augment batches on the
                                              # device (reid_nb.datapath; the same pixels)
     cache_dir: str | None = None             # data_path="cache": decoded pixels memory-mapped under this folder (None: in memory)
+    cache_on_device: bool = False            # data_path="cache": the decoded pixels resident in the GPU's memory, augmented there
     seed: int = 0
     deterministic: bool = False
     sync_bn: bool = False                    # DDP: BatchNorm statistics of the whole global batch (GlobalBatchNorm / SyncBatchNorm)
@@ -455,7 +456,7 @@ class Run:
     cache: Any = None                         # data_path="cache": the training set's DecodedCache
     decoded: dict | None = None               # ... and the evaluated lists' ({id(list): DecodedCache}, rank 0)
 
-def _decode_caches(cfg: TrainConfig, data: ReIDData, method: Method, train_tf, rank: int, first: bool):
+def _decode_caches(cfg: TrainConfig, data: ReIDData, method: Method, train_tf, rank: int, first: bool, device: torch.device):
     "data_path='cache': the training set decoded once per node (memory-mapped under `cache_dir` if set) and the evaluated lists."
     from reid_nb.datapath import DecodedCache
     cdir = resolve_path(cfg.cache_dir) if cfg.cache_dir else None
@@ -468,6 +469,9 @@ def _decode_caches(cfg: TrainConfig, data: ReIDData, method: Method, train_tf, r
     if rank == 0:                                                   # the evaluated lists, for every evaluation
         lists = {id(l): l for p in data.protocols.values() for l in (p.query, p.gallery)}
         decoded = {k: build(l) for k, l in lists.items()}
+    if cfg.cache_on_device and device.type != "cpu":                # resident on the GPU: no host copy or transfer per batch
+        cache = cache.to(device); method.train_cache = cache
+        decoded = None if decoded is None else {k: c.to(device) for k, c in decoded.items()}
     return cache, decoded
 
 def prepare_run(cfg: TrainConfig, origin: dict | None = None) -> Run:
@@ -496,7 +500,7 @@ def prepare_run(cfg: TrainConfig, origin: dict | None = None) -> Run:
     sampler = method.sampler(cfg.batch_size, num_replicas=world, rank=rank)     # global batches, each rank its slice
     if cfg.iters_per_epoch: sampler.batches_per_epoch = cfg.iters_per_epoch
     ds = ImageDataset(data.train, train_tf, label_set=method.label_set, labels=method.train_labels())
-    cache, decoded = _decode_caches(cfg, data, method, train_tf, rank, first) if cfg.data_path == "cache" else (None, None)
+    cache, decoded = _decode_caches(cfg, data, method, train_tf, rank, first, device) if cfg.data_path == "cache" else (None, None)
     if world > 1 and cfg.sync_bn: model = convert_sync_bn(model, cuda=device.type == "cuda")
     if cfg.compile: model.compile()                                     # its forward, in place: state dict keys unchanged
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
