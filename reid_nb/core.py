@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['seed_everything', 'seed_worker', 'get_device', 'is_distributed', 'atomic_path', 'atomic_write_bytes',
-           'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'load_checkpoint', 'ConfigError', 'Config',
-           'RunDir', 'make_run_dir', 'new_names', 'lock_status', 'provenance']
+__all__ = ['USER_ERRORS', 'seed_everything', 'seed_worker', 'get_device', 'is_distributed', 'atomic_path', 'user_errors',
+           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'load_checkpoint',
+           'ConfigError', 'Config', 'RunDir', 'make_run_dir', 'new_names', 'lock_status', 'provenance']
 
 # %% ../nbs/00_core.ipynb #5
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
@@ -65,21 +65,41 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 # %% ../nbs/00_core.ipynb #13
+def _umask() -> int:
+    "The process's umask, read without changing it where Linux says it (/proc), else by setting and restoring it."
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"): return int(line.split()[1], 8)
+    except OSError: pass
+    m = os.umask(0o022); os.umask(m); return m
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    "Yield a temporary path beside `path` to write; on success fsync it and rename it to `path`, on failure remove it."
+    """Yield a temporary path beside `path` to write; on success fsync it and rename it to `path`, on failure remove it.
+    The file gets the mode a plain `open` would give (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         fd = os.open(tmp, os.O_RDONLY)
         try: os.fsync(fd)
         finally: os.close(fd)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.unlink(tmp)
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
+
+@contextlib.contextmanager
+def user_errors(prog: str, debug: bool = False):
+    "A command line's body: a user's mistake (a bad value, a missing file, ...) ends it with one line naming it, exit status 1; `debug`: the traceback."
+    try: yield
+    except USER_ERRORS as e:
+        if debug: raise
+        raise SystemExit(f"{prog}: {e}") from None
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     "Write `data` to `path` atomically (temp file in the same folder, fsync, rename)."

@@ -16,7 +16,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .core import (Config, RunDir, atomic_torch_save, atomic_write_json, atomic_write_text, get_device, load_checkpoint,
-                          is_distributed, make_run_dir, provenance, seed_everything, seed_worker)
+                          is_distributed, make_run_dir, provenance, seed_everything, seed_worker, user_errors)
 from .data import DATASETS, ImageDataset, ReIDData, load_dataset
 import reid_nb.synth  # noqa: F401  (registers the synth-* datasets)
 from .metrics import evaluate, evaluate_single_shot
@@ -656,11 +656,13 @@ def main(argv=None) -> None:
     from reid_nb import engine  # the imported module, not `__main__` under `python -m`: it holds the registry
     ap = argparse.ArgumentParser(prog="reid-train", description="Train and evaluate a Re-ID method (fit(TrainConfig)).")
     ap.add_argument("--config", help="a JSON file of TrainConfig keys")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    ap.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE", help="override config keys (repeatable)")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     a = ap.parse_args(argv)
-    d = json.loads(Path(a.config).read_text()) if a.config else {}
-    cfg = engine.TrainConfig.from_dict({**d, **parse_sets(a.set)}, source=a.config or "command line")
-    engine.fit(cfg, origin={"command": "reid-train", "config_file": a.config})
+    with user_errors("reid-train", a.debug):
+        d = json.loads(Path(a.config).read_text()) if a.config else {}
+        cfg = engine.TrainConfig.from_dict({**d, **parse_sets(a.set)}, source=a.config or "command line")
+        engine.fit(cfg, origin={"command": "reid-train", "config_file": a.config})
 
 # %% ../nbs/08_engine.ipynb #24
 #| eval: false

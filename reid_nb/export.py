@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 import reid_nb
-from .core import atomic_path
+from .core import atomic_path, user_errors
 from .inference import Embedder, list_images, load_model
 
 # %% auto #0
@@ -86,10 +86,12 @@ def export_main(argv=None) -> None:
     ap.add_argument("run"); ap.add_argument("-o", "--out", required=True, help="model.onnx, or model.pt with --format torchscript")
     ap.add_argument("--format", default="onnx", choices=["onnx", "torchscript"]); ap.add_argument("--opset", type=int, default=18)
     ap.add_argument("--images", help="a folder of real images to check on as well"); ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     a = ap.parse_args(argv)
-    emb = load_model(a.run, "cpu")
-    out = export(emb, a.out, a.format, a.opset)
-    images = list_images(a.images)[:64] if a.images else None
-    diffs = check_export(out, emb, images)
-    for k, v in diffs.items(): print(f"{out}: max |{a.format} - pytorch| on {k}: {v:.2e}")
-    if max(diffs.values()) > a.tol: raise SystemExit(f"{out}: the exported model differs from PyTorch by {max(diffs.values()):.2e} > {a.tol}")
+    with user_errors("reid-export", a.debug):
+        emb = load_model(a.run, "cpu")
+        out = export(emb, a.out, a.format, a.opset)
+        images = list_images(a.images)[:64] if a.images else None
+        diffs = check_export(out, emb, images)
+        for k, v in diffs.items(): print(f"{out}: max |{a.format} - pytorch| on {k}: {v:.2e}")
+        if max(diffs.values()) > a.tol: raise SystemExit(f"{out}: the exported model differs from PyTorch by {max(diffs.values()):.2e} > {a.tol}")

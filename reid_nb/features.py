@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 import reid_nb
-from .core import atomic_path
+from .core import atomic_path, user_errors
 from .data import IMG_EXTS, _CAMS, _LTCC_RE
 from .inference import Embedder, list_images, load_model
 
@@ -110,9 +110,11 @@ def embed_main(argv=None) -> None:
     ap.add_argument("--device", default="auto"); ap.add_argument("--batch-size", type=int); ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--chunk", type=int, default=4096, help="images per resumable chunk")
     ap.add_argument("--no-flip", action="store_true", help="without the flipped view (default: as the run evaluated)")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     a = ap.parse_args(argv)
-    emb = load_model(a.run, a.device, a.batch_size, a.workers, flip=False if a.no_flip else None)
-    out = embed_folder(emb, a.images, a.out, chunk=a.chunk)
-    d = read_features(out)
-    print(f"{out}: {len(d['paths'])} images x {d['features'].shape[1]} dims ({', '.join(d['meta']['layouts']) or 'no known layout'})")
+    with user_errors("reid-embed", a.debug):
+        emb = load_model(a.run, a.device, a.batch_size, a.workers, flip=False if a.no_flip else None)
+        out = embed_folder(emb, a.images, a.out, chunk=a.chunk)
+        d = read_features(out)
+        print(f"{out}: {len(d['paths'])} images x {d['features'].shape[1]} dims ({', '.join(d['meta']['layouts']) or 'no known layout'})")
 

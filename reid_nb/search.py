@@ -4,14 +4,14 @@
 
 # %% ../nbs/17_search.ipynb #7eac006a
 from __future__ import annotations
-import argparse, math, warnings
+import argparse, math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import atomic_write_json
+from .core import atomic_write_json, user_errors
 from .metrics import pairwise_distance, re_ranking
 from .inference import list_images, load_model
 from .features import parse_ids, read_features
@@ -71,6 +71,9 @@ class FaissIndex:
 
 def search(qf, gf, k: int = 10, index: str = "exact", rerank: bool = False, block: int = 4096, **faiss_opts) -> tuple[torch.Tensor, torch.Tensor]:
     "(Q, k) distances and gallery indices of each query's k nearest: `index='exact'` (blocked), `'faiss'`, or re-ranked exactly."
+    if k < 1: raise ValueError(f"k must be at least 1, got {k}")
+    if qf.shape[1] != gf.shape[1]:                                  # before any computing (re-ranking is quadratic in memory)
+        raise ValueError(f"the queries' features have {qf.shape[1]} dims but the gallery's {gf.shape[1]}: embedded by different models?")
     if rerank:
         q, g = F.normalize(torch.as_tensor(qf).float(), dim=1), F.normalize(torch.as_tensor(gf).float(), dim=1)
         D = re_ranking(q, g)
@@ -86,7 +89,8 @@ def _queries(a, gallery: dict) -> tuple[torch.Tensor, list[str], np.ndarray]:
     if len(a.query) == 1 and a.query[0].endswith(".npz"):
         q = read_features(a.query[0])
         if q["meta"].get("fingerprint") != gallery["meta"].get("fingerprint"):
-            warnings.warn(f"{a.query[0]} and the gallery were embedded by different models or settings")
+            raise ValueError(f"{a.query[0]} and {a.gallery} were embedded by different models or settings (their fingerprints "
+                             f"differ); embed both with the same run and flip setting")
         return torch.from_numpy(q["features"]), q["paths"].tolist(), q["pid"] if "pid" in q else np.full(len(q["paths"]), -1)
     emb = load_model(a.run or gallery["meta"]["weights"], a.device, flip=gallery["meta"].get("flip"))
     items = [p for x in a.query for p in (list_images(x) if Path(x).is_dir() else [Path(x)])]
@@ -100,18 +104,20 @@ def search_main(argv=None) -> None:
     ap.add_argument("--index", default="exact", choices=["exact", "faiss"]); ap.add_argument("--factory", default="IVF{nlist},SQ8")
     ap.add_argument("--nprobe", type=int, default=16); ap.add_argument("--run", help="run that embeds query images (default: the gallery's)")
     ap.add_argument("--device", default="auto"); ap.add_argument("-o", "--out", help="write the results as JSON")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     a = ap.parse_args(argv)
-    g = read_features(a.gallery)
-    qf, names, qpid = _queries(a, g)
-    opts = dict(factory=a.factory, nprobe=a.nprobe) if a.index == "faiss" else {}
-    d, i = search(qf, torch.from_numpy(g["features"]), a.k, index=a.index, rerank=a.rerank, **opts)
-    gallery_root = Path(g["meta"].get("folder", "."))
-    res = [{"query": n, "pid": int(p), "results": [{"path": str(gallery_root / g["paths"][j]), "distance": round(float(dd), 6),
-                                                    "pid": int(g["pid"][j]) if "pid" in g else -1, "camid": int(g["camid"][j]) if "camid" in g else -1}
-                                                   for dd, j in zip(dr, ir) if j >= 0]}
-           for n, p, dr, ir in zip(names, qpid.tolist(), d.tolist(), i.tolist())]
-    for r in res:
-        print(r["query"])
-        for k, x in enumerate(r["results"], 1): print(f"  {k:3d}  {x['distance']:.4f}  pid {x['pid']:>5}  {x['path']}")
-    if a.out: atomic_write_json(a.out, res)
+    with user_errors("reid-search", a.debug):
+        g = read_features(a.gallery)
+        qf, names, qpid = _queries(a, g)
+        opts = dict(factory=a.factory, nprobe=a.nprobe) if a.index == "faiss" else {}
+        d, i = search(qf, torch.from_numpy(g["features"]), a.k, index=a.index, rerank=a.rerank, **opts)
+        gallery_root = Path(g["meta"].get("folder", "."))
+        res = [{"query": n, "pid": int(p), "results": [{"path": str(gallery_root / g["paths"][j]), "distance": round(float(dd), 6),
+                                                        "pid": int(g["pid"][j]) if "pid" in g else -1, "camid": int(g["camid"][j]) if "camid" in g else -1}
+                                                       for dd, j in zip(dr, ir) if j >= 0]}
+               for n, p, dr, ir in zip(names, qpid.tolist(), d.tolist(), i.tolist())]
+        for r in res:
+            print(r["query"])
+            for k, x in enumerate(r["results"], 1): print(f"  {k:3d}  {x['distance']:.4f}  pid {x['pid']:>5}  {x['path']}")
+        if a.out: atomic_write_json(a.out, res)
 

@@ -237,3 +237,11 @@ def test_checkpoint_holds_what_a_resume_needs(tmp_path):
     assert set(ck) == keys and all(f'"{k}"' in inspect.getsource(checkpoint_state) for k in keys)
     assert (ck["stage"], ck["epoch"], len(ck["log"])) == (1, 3, 3) and ck["config"] == cfg.to_dict()
     assert ck["sampler"] == {"seed": 0, "epoch": 2} and set(ck["rng"]) == {"torch", "numpy_keys", "numpy_pos", "python", "cuda"}
+
+def test_reid_train_accumulates_repeated_set(monkeypatch):
+    "`--set a=1 --set b=2` sets both (argparse's default would keep only the last --set, training the 10-epoch demo)."
+    from reid_nb import engine
+    seen = []
+    monkeypatch.setattr(engine, "fit", lambda cfg, origin=None: seen.append(cfg))
+    engine.main(["--set", "epochs=1", "--set", "name=x", "image_size=[32,16]"])
+    assert (seen[0].epochs, seen[0].name, seen[0].image_size) == (1, "x", (32, 16))

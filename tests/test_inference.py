@@ -1,7 +1,7 @@
 """A trained model outside `fit`: the embedder gives fit's features for every method (IFD with its masks, CCAFL with OpenAI-style
 CLIP weights and their QuickGELU), the folder embedding resumes after a kill, the search is exact (and faiss with every cell
 probed agrees with it), the exports agree with PyTorch, and bad input is an error naming the file."""
-import json, shutil
+import json, re, shutil
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +213,22 @@ def test_load_from_a_training_checkpoint(runs):
     a = load_model(run / "checkpoints" / "last.pt", device="cpu")
     assert a.weights.name == "last.pt" and a.cfg == read_run(run)[0]
     assert (a(sample["paths"][:5]) - sample["features"][:5]).abs().max() < 1e-5
+
+def test_cli_user_mistakes_are_one_line_errors(runs, tmp_path, capsys):
+    "-k 0, features of another model, a missing file, an unknown key: exit with one line naming it (a traceback with --debug)."
+    from reid_nb.engine import main as train_main
+    run, test = runs / "runs" / "baseline", prcc_test(runs)
+    embed_main([str(run), str(test / "A"), "-o", str(tmp_path / "g.npz")])
+    embed_main([str(runs / "runs" / "ifd"), str(test / "B"), "-o", str(tmp_path / "q_ifd.npz")])
+    def one_line(fn, argv, match):
+        with pytest.raises(SystemExit) as e: fn(argv)
+        msg = str(e.value.code)
+        assert re.search(match, msg) and "\n" not in msg and "Traceback" not in msg, msg
+    one_line(search_main, [str(tmp_path / "g.npz"), str(tmp_path / "g.npz"), "-k", "0"], r"^reid-search: k must be at least 1")
+    one_line(search_main, [str(tmp_path / "g.npz"), str(tmp_path / "q_ifd.npz")], r"^reid-search: .*q_ifd.npz .* embedded by different models")
+    one_line(search_main, [str(tmp_path / "none.npz"), str(tmp_path / "g.npz")], r"^reid-search: .*none.npz")
+    one_line(train_main, ["--set", "epochs=1", "--set", "epoch=2"], r"^reid-train: unknown key\(s\) 'epoch' \(did you mean 'epochs'\?\)")
+    one_line(train_main, ["--config", str(tmp_path / "missing.json")], r"^reid-train: .*missing.json")
+    with pytest.raises(ValueError, match="k must be at least 1"):                     # --debug: the exception itself
+        search_main([str(tmp_path / "g.npz"), str(tmp_path / "g.npz"), "-k", "0", "--debug"])
+    with pytest.raises(ValueError, match="8 dims but the gallery's 16"): search(torch.zeros(2, 8), torch.zeros(5, 16), rerank=True)
