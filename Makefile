@@ -25,7 +25,7 @@ $(STAMP): settings.ini setup.py constraints.txt
 # every run under runs/ (runs/report/: tables.md, tables.tex, plots)
 demo: install
 	mkdir -p runs/demo
-	$(BIN)/papermill nbs/train.ipynb runs/demo/train.ipynb -k python3 --log-output
+	$(BIN)/papermill nbs/train.ipynb runs/demo/train.ipynb -k python3 --log-output -p name demo -p overwrite True   # the demo replaces its own run
 	$(BIN)/papermill nbs/report.ipynb runs/report.ipynb -k python3 -p runs_dir runs -p out runs/report
 
 # the papers' ablation tables on the built-in synthetic data, 3 seeds each (IFD Table II on synth-prcc, CCAFL's ablation on

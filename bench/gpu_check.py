@@ -60,7 +60,7 @@ def cfg_for(method, a, root, **kw):
     opts = size.pop("method_opts", {})
     data = dict(n_train_ids=8 if a.quick else 32, n_test_ids=4, images_per_cam=4)
     if method == "ccafl": data.update(n_cams=3, cams_per_id=2)
-    base = dict(name=method, data_root=str(root / "data"), out_dir=str(root / "runs"), epochs=2, eval_every=0, progress=False,
+    base = dict(name=method, data_root=str(root / "data"), out_dir=str(root / "runs"), epochs=2, eval_every=0, progress=False, overwrite=True,
                 device=a.device, dataset_opts=data, method_opts=opts, iters_per_epoch=a.iters, **size)
     return make_config(method, DATASET[method], **{**base, **kw})
 

@@ -117,7 +117,7 @@ def main():
             opts = kw.pop("method_opts", {})
             base = dict(image_size=(128, 64), batch_size=32, num_instances=4) if not a.paper else {}
             cfg = make_config(m, DATASET[m], name=m, data_root=str(Path(d) / "data"), out_dir=str(Path(d) / "runs"), epochs=3,
-                              iters_per_epoch=a.iters, eval_every=0, progress=False, amp=a.amp, num_workers=a.workers,
+                              iters_per_epoch=a.iters, eval_every=0, progress=False, amp=a.amp, num_workers=a.workers, overwrite=True,
                               memory_format=a.memory_format, compile=a.compile,
                               data_path=a.data_path, device=a.device, method_opts=opts,
                               dataset_opts=dict(n_train_ids=32, n_test_ids=4, images_per_cam=4), **{**base, **kw})

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_engine.ipynb #2
 from __future__ import annotations
-import argparse, csv, io, json, math, os, random, sys, time
+import argparse, csv, io, json, math, os, random, shutil, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,12 +24,12 @@ from .samplers import EpochBatchSampler, RandomIdentitySampler
 from .transforms import TransformConfig, build_transforms
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'TrainConfig', 'project_root', 'resolve_path', 'Stage', 'Method',
-           'load_methods', 'register_method', 'build_optimizer', 'lr_factor', 'stage_optimizer', 'extract_features',
-           'evaluate_protocols', 'write_log', 'best_of_evaluated', 'GlobalBatchNorm', 'convert_sync_bn', 'resolve_amp',
-           'resolve_memory_format', 'transform_config', 'model_spec', 'load_data', 'train_batches', 'Run',
-           'prepare_run', 'Schedule', 'restore', 'train_epoch', 'evaluation_row', 'checkpoint_state', 'end_epoch',
-           'finish', 'fit', 'parse_sets', 'main', 'make_config']
+__all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'RUN_OUTPUTS', 'TrainConfig', 'project_root', 'resolve_path', 'Stage',
+           'Method', 'load_methods', 'register_method', 'build_optimizer', 'lr_factor', 'stage_optimizer',
+           'extract_features', 'evaluate_protocols', 'write_log', 'best_of_evaluated', 'GlobalBatchNorm',
+           'convert_sync_bn', 'resolve_amp', 'resolve_memory_format', 'transform_config', 'model_spec', 'load_data',
+           'train_batches', 'Run', 'run_config', 'claim_run_dir', 'prepare_run', 'Schedule', 'restore', 'train_epoch',
+           'evaluation_row', 'checkpoint_state', 'end_epoch', 'finish', 'fit', 'parse_sets', 'main', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -76,6 +76,8 @@ class TrainConfig(Config):
     device: str = "auto"
     out_dir: str = "runs"
     resume: bool = False
+    overwrite: bool = False                  # replace an existing run of this name (its outputs are removed first); without it,
+                                             # and without resume, an existing run folder is an error: nothing is lost by accident
     max_iters: int = 0                       # cap on iterations per epoch (0: the sampler's full epoch)
     iters_per_epoch: int = 0                 # exact iterations per epoch, drawing more sampler passes if one is shorter (0: one pass)
     schedule: str = "global"                 # global: warm-up/milestones in epochs of the whole run, optimiser state kept
@@ -456,6 +458,26 @@ class Run:
     cache: Any = None                         # data_path="cache": the training set's DecodedCache
     decoded: dict | None = None               # ... and the evaluated lists' ({id(list): DecodedCache}, rank 0)
 
+RUN_OUTPUTS = ("config.json", "model.json", "env.json", "metrics.json", "model.pt", "log.csv", "checkpoints", "eval", "plots")
+
+def run_config(cfg: TrainConfig) -> dict:
+    "The config a run folder and its checkpoints record: how it was started (resume, overwrite) is not part of what it is."
+    return cfg.replace(resume=False, overwrite=False).to_dict()
+
+def claim_run_dir(rd: RunDir, cfg: TrainConfig, remove: bool = True) -> None:
+    """Let a run start in `rd` only where no run is (no config.json), or where the user asked to resume it or to overwrite it;
+    overwriting removes the old run's outputs first (`remove`: rank 0), so nothing of the old run can mix with the new one (a
+    papermill output notebook beside them stays). Every rank checks before any rank writes, so all refuse alike."""
+    if not rd.config.is_file() or cfg.resume: return
+    if not cfg.overwrite:
+        raise FileExistsError(f"{rd.path} already holds a run (its config.json); pass resume=True to continue it, overwrite=True "
+                              f"to replace it, or choose another name")
+    if not remove: return
+    for n in RUN_OUTPUTS:
+        q = rd.path / n
+        if q.is_dir(): shutil.rmtree(q)
+        else: q.unlink(missing_ok=True)
+
 def _decode_caches(cfg: TrainConfig, data: ReIDData, method: Method, train_tf, rank: int, first: bool, device: torch.device):
     "data_path='cache': the training set decoded once per node (memory-mapped under `cache_dir` if set) and the evaluated lists."
     from reid_nb.datapath import DecodedCache
@@ -479,6 +501,8 @@ def prepare_run(cfg: TrainConfig, origin: dict | None = None) -> Run:
     load_methods()
     if cfg.method not in METHODS: raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
     rank, world, device = _dist_setup(cfg)
+    rd = RunDir(resolve_path(cfg.out_dir) / cfg.name)
+    claim_run_dir(rd, cfg, remove=False)                                # refused now, before data or any rank writes
     amp = resolve_amp(cfg.amp, device)                                  # fails now on an AMP mode the device cannot run
     seed_everything(cfg.seed, cfg.deterministic)
     method_cls = METHODS[cfg.method]
@@ -489,9 +513,9 @@ def prepare_run(cfg: TrainConfig, origin: dict | None = None) -> Run:
     method = method_cls(cfg, data)
     mem_format = resolve_memory_format(cfg.memory_format, device)
     model = method.build_model().to(device, memory_format=mem_format)
-    rd = RunDir(resolve_path(cfg.out_dir) / cfg.name)
     if rank == 0:
-        make_run_dir(cfg.name, cfg.replace(resume=False), root=resolve_path(cfg.out_dir), overwrite=not cfg.resume)
+        claim_run_dir(rd, cfg)
+        make_run_dir(cfg.name, run_config(cfg), root=resolve_path(cfg.out_dir), overwrite=not cfg.resume)
         _write_env(rd, cfg, world, device, origin)
         atomic_write_json(rd.path / "model.json", model_spec(method, model))
     train_tf, test_tf = build_transforms(transform_config(cfg), method.label_set)   # a flipped mask swaps left/right in its own label set
@@ -542,7 +566,7 @@ def restore(run: Run, scaler) -> tuple[list, int, dict | None]:
     ckpt = run.rd.checkpoints / "last.pt"
     if not (run.cfg.resume and ckpt.is_file()): return [], 0, None
     state = load_checkpoint(ckpt)
-    if state["config"] != run.cfg.replace(resume=False).to_dict():
+    if state["config"] != run_config(run.cfg):
         raise ValueError(f"{ckpt} was written by another config; resume with the same config (see {run.rd.config})")
     run.model.load_state_dict(state["model"]); scaler.load_state_dict(state["scaler"]); run.method.load_state_dict(state.get("method", {}))
     _set_rng_state(state["rng"])
@@ -585,7 +609,7 @@ def checkpoint_state(run: Run, opt: torch.optim.Optimizer, scaler, stage_index: 
     "What last.pt holds after global epoch `epoch` (1-based: the number of epochs done): all a resume needs, loadable with weights_only."
     return {"model": run.model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
             "stage": stage_index, "epoch": epoch, "log": log, "sampler": run.sampler.state_dict(), "rng": _rng_state(),
-            "method": run.method.state_dict(), "config": run.cfg.replace(resume=False).to_dict()}
+            "method": run.method.state_dict(), "config": run_config(run.cfg)}
 
 def end_epoch(run: Run, log: list, opt: torch.optim.Optimizer, scaler, stage_index: int) -> None:
     "Rank 0: print the epoch's row, write log.csv and the checkpoint (both atomically)."

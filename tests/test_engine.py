@@ -1,6 +1,6 @@
 """Engine: a killed run resumes to the same metrics, DDP on 2 CPU processes matches one process, the train notebook runs
 under papermill and rejects bad parameters."""
-import json, os, signal, subprocess, sys, time
+import json, os, re, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
@@ -245,3 +245,27 @@ def test_reid_train_accumulates_repeated_set(monkeypatch):
     monkeypatch.setattr(engine, "fit", lambda cfg, origin=None: seen.append(cfg))
     engine.main(["--set", "epochs=1", "--set", "name=x", "image_size=[32,16]"])
     assert (seen[0].epochs, seen[0].name, seen[0].image_size) == (1, "x", (32, 16))
+
+def test_an_existing_run_is_never_overwritten_by_accident(data_dir):
+    "Another start under an existing run's name is refused, before any data or file is touched; overwrite=True replaces it whole."
+    cfg = tiny_cfg(data_dir, name="mine", epochs=1, eval_every=0)
+    fit(cfg)
+    run = Path(cfg.out_dir) / "mine"
+    files = lambda: {str(p.relative_to(run)): (p.stat().st_size, p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+    before = files()
+    with pytest.raises(FileExistsError, match=r"mine already holds a run .*resume=True.*overwrite=True"):
+        fit(cfg.replace(image_size=(32, 16)))
+    assert files() == before                                                        # nothing a user had was changed
+    (run / "train.ipynb").write_text("{}")                                          # papermill's output beside the run stays
+    fit(cfg.replace(epochs=2, overwrite=True))
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2 and (run / "train.ipynb").read_text() == "{}"
+    assert len((run / "log.csv").read_text().splitlines()) == 1 + 2 and json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    fit(cfg.replace(epochs=2, resume=True))                                         # resuming the replaced run: its own config
+
+def test_train_notebook_names_an_unnamed_run(data_dir):
+    "Without -p name the run gets <dataset>-<method>-<time>: the README's command never lands in another run's folder."
+    p, out = _pm(data_dir, ("epochs", 1), ("batch_size", 16), ("image_size", [64, 32]), ("eval_every", 0), ("device", "cpu"),
+                 ("data_root", str(data_dir / "data")), ("out_dir", str(data_dir / "runs_auto")), ("dataset_opts", TINY))
+    assert p.returncode == 0, p.stderr[-4000:]
+    (run,) = (data_dir / "runs_auto").iterdir()
+    assert re.fullmatch(r"synth-prcc-baseline-\d{8}-\d{6}", run.name) and (run / "metrics.json").is_file()
