@@ -77,16 +77,15 @@ def env_section(rep, dev):
 def first_losses(cfg):
     "The losses of the first training step of `cfg` (a fresh model, seeded), as floats."
     from reid_nb.engine import prepare_run, train_batches, _to, _autocast, resolve_amp
+    from train_bench import enter_last_stage
     run = prepare_run(cfg)
-    st = run.method.stages()
-    for s in st[:-1]: run.method.on_epoch_start(run.model, s, 0)
-    run.method.on_epoch_start(run.model, st[-1], sum(s.epochs for s in st[:-1]))
+    stage = enter_last_stage(run.method, run.model)
     run.sampler.set_epoch(0)
     batch = _to(next(iter(train_batches(cfg, run.ds, run.sampler, run.device))), run.device, run.mem_format)
     run.model.train()
     if cfg.compile: run.model.compile()
     with _autocast(resolve_amp(cfg.amp, run.device), run.device):    # with gradients: CCAFL steps its ICAL classifier inside
-        return {k: float(v.detach()) for k, v in run.method.loss(run.model, batch, st[-1], 0).items() if torch.is_tensor(v)}
+        return {k: float(v.detach()) for k, v in run.method.loss(run.model, batch, stage, 0).items() if torch.is_tensor(v)}
 
 def precision_section(rep, a, root, dev):
     amps = ["bf16"] + (["fp16"] if dev.type == "cuda" else [])
@@ -147,24 +146,22 @@ def last_rate(cfg):
     return float(rows[-1]["images_per_s"])
 
 def speed_section(rep, a, root, dev, deadline):
-    from train_bench import bare, setup
+    from train_bench import bare, enter_last_stage, setup
     from reid_nb.engine import fit, train_batches, _to
     for m in METHODS:
         if time.perf_counter() > deadline: rep.add("speed", f"{m}: skipped", "the time budget ran out"); continue
         cfg = cfg_for(m, a, root, name=f"speed-{m}")
         run = setup(cfg)
-        st = run.method.stages()
-        for s in st[:-1]: run.method.on_epoch_start(run.model, s, 0)
-        run.method.on_epoch_start(run.model, st[-1], sum(s.epochs for s in st[:-1]))
+        stage = enter_last_stage(run.method, run.model)
         batch = _to(next(iter(train_batches(cfg, run.ds, run.sampler, run.device))), run.device)
-        r_bare = bare(run.method, run.model, batch, st[-1], cfg, run.device, a.iters)
+        r_bare = bare(run.method, run.model, batch, stage, cfg, run.device, a.iters)
         rates = {}
         for path in ("pil", "cache") + (("cache on GPU",) if dev.type == "cuda" else ()):
             c = cfg.replace(name=f"speed-{m}-{path.replace(' ', '-')}", data_path=path.split()[0], cache_on_device=path == "cache on GPU",
                             num_workers=a.workers if path == "pil" else 0)
             fit(c); rates[path] = last_rate(c)
         for path, r in rates.items():
-            rep.add("speed", f"{m} ({st[-1].name}): fit {path} / bare", f"{r:.0f} / {r_bare:.0f} img/s = {r / r_bare:.2f}", ">= 0.9")
+            rep.add("speed", f"{m} ({stage.name}): fit {path} / bare", f"{r:.0f} / {r_bare:.0f} img/s = {r / r_bare:.2f}", ">= 0.9")
 
 def eval_section(rep, a, dev):
     from eval_bench import make_features, SCALES

@@ -43,6 +43,13 @@ def bare(method, model, batch, stage, cfg, dev, iters):
     _sync(dev)
     return len(batch["img"]) * iters / (time.perf_counter() - t)
 
+def enter_last_stage(method, model):
+    "The method's last stage, entered as fit enters it: each earlier stage's per-epoch state first (e.g. CCAFL's prompts)."
+    stages = method.stages()
+    for st in stages[:-1]: method.on_epoch_start(model, st, 0)
+    method.on_epoch_start(model, stages[-1], sum(st.epochs for st in stages[:-1]))
+    return stages[-1]
+
 def setup(cfg):
     "The engine's own set-up of `cfg` (`engine.prepare_run`: device, data, method, model, transforms, sampler, data path)."
     from reid_nb.engine import prepare_run
@@ -63,11 +70,7 @@ def measure(name, cfg, iters):
             if n == iters: break
         if n == iters: break
     _sync(dev); r_load = cfg.batch_size * n / (time.perf_counter() - t)
-    stages = method.stages()
-    stage = stages[-1]                                                 # the stage of the engine's last epoch, which it reports
-    epoch = sum(s.epochs for s in stages[:-1])
-    for s in stages[:-1]: method.on_epoch_start(model, s, 0)          # what the last stage builds on (e.g. CCAFL's prompts)
-    method.on_epoch_start(model, stage, epoch)
+    stage = enter_last_stage(method, model)                            # the stage of the engine's last epoch, which it reports
     batch = _to(next(iter(dl)), dev)
     r_bare = bare(method, model, batch, stage, cfg, dev, iters)           # (same stage, same loss terms as the engine's last epoch)
     fit(cfg)
@@ -90,9 +93,7 @@ def sweep(name, cfg, iters):
             for fmt in ("contiguous", "channels_last"):
                 torch.manual_seed(0)
                 model = method.build_model().to(dev)
-                stages = method.stages(); stage = stages[-1]
-                for s in stages[:-1]: method.on_epoch_start(model, s, 0)
-                method.on_epoch_start(model, stage, sum(s.epochs for s in stages[:-1]))
+                stage = enter_last_stage(method, model)
                 r = bare(method, model, batch, stage, cfg.replace(amp=amp, memory_format=fmt), dev, iters)
                 rates[amp, fmt] = max(r, rates.get((amp, fmt), 0))
     ref = rates["off", "contiguous"]
