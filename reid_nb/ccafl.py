@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['VARIANT_SWITCHES', 'AUTHORS_CLASSES', 'PromptLearner', 'prompt_tokens', 'CameraMemory', 'icdl_loss', 'associate',
-           'association_precision', 'ical_target', 'ical_logits', 'ical_adversarial_loss', 'CCAFLNet', 'CCAFLOpts',
-           'ccafl_paper_preset', 'CCAFL', 'prompt_lr']
+           'association_precision', 'association_recall', 'ical_target', 'ical_logits', 'ical_adversarial_loss',
+           'CCAFLNet', 'CCAFLOpts', 'ccafl_paper_preset', 'CCAFL', 'prompt_lr']
 
 # %% ../nbs/13_ccafl.ipynb #5
 class PromptLearner(nn.Module):
@@ -137,6 +137,13 @@ def association_precision(links: list, class_true_pid) -> float:
     t = np.asarray(class_true_pid)
     return float(np.mean([t[i] == t[j] for i, j in links])) if links else float("nan")
 
+def association_recall(pseudo, class_true_pid, class_cams) -> float:
+    "Fraction of the pairs of classes that are one true identity in two cameras which share a pseudo identity (logging only)."
+    t, c, ps = np.asarray(class_true_pid), np.asarray(class_cams), np.asarray(pseudo)
+    i, j = np.triu_indices(len(t), 1)
+    true = (t[i] == t[j]) & (c[i] != c[j])
+    return float(((ps[i] == ps[j]) & (ps[i] >= 0))[true].mean()) if true.any() else float("nan")
+
 # %% ../nbs/13_ccafl.ipynb #15
 def ical_target(own: torch.Tensor, pos_mask: torch.Tensor, eps: float = 0.8) -> torch.Tensor:
     "(B, C) target: (1-eps) one-hot(own) + eps * uniform over the positives (own class included)."
@@ -169,7 +176,7 @@ from .data import intra_camera_labels
 import torch.distributed as dist
 from fastcore.basics import patch
 from .transforms import build_transforms
-from .engine import Method, Stage, TrainConfig, register_method, extract_features, transform_config
+from .engine import Method, Stage, TrainConfig, register_method, extract_features, precise_bn, transform_config
 from .losses import triplet_loss, label_smoothed_ce
 from .samplers import CameraAwareSampler, ClassUniformSampler
 import warnings
@@ -384,6 +391,9 @@ def on_epoch_start(self: CCAFL, model, stage, epoch):
     if stage.name == "ics": return
     if self.use_text and not bool(m.prompts_done): self._learn_prompts(m); self._log["prompt_loss"] = self._prompt_loss
     if stage.name == "icdl" and not self.use_icdl: return     # no_icdl, ical_only: the stage trains without per-camera memories
+    if self.cfg.precise_bn:                                   # BN statistics settled before the pass (off in the paper preset)
+        precise_bn(self, m, self.data.train, build_transforms(transform_config(self.cfg))[0], self.cfg, next(m.parameters()).device,
+                   self.cfg.precise_bn, self.cfg.seed * 1_000_003 + epoch)
     dev, f = next(m.parameters()).device, self._train_feats(m).cpu()
     cls = torch.as_tensor(self.ics.cls)
     if stage.name == "icdl":
@@ -396,7 +406,8 @@ def on_epoch_start(self: CCAFL, model, stage, epoch):
         return
     pseudo, links = associate(torch.zeros(self.num_classes, f.shape[1]).index_add_(0, cls, f), self.cls_cam, o.assoc_rate)
     self.pseudo = torch.as_tensor(pseudo)
-    self._log = {"assoc_precision": association_precision(links, self.class_true), "assoc_links": len(links),
+    self._log = {"assoc_precision": association_precision(links, self.class_true),
+                 "assoc_recall": association_recall(pseudo, self.class_true, self.cls_cam), "assoc_links": len(links),
                  "pseudo_ids": int(self.pseudo.max()) + 1 if len(links) else 0}
     k, ps = max(int(self.pseudo.max()) + 1, 1), self.pseudo[cls]
     ok = ps >= 0

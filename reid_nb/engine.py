@@ -15,21 +15,24 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from .core import (Config, RunDir, atomic_torch_save, atomic_write_json, atomic_write_text, get_device, load_checkpoint,
+from .core import (Config, ConfigError, RunDir, atomic_torch_save, atomic_write_json, atomic_write_text, get_device, load_checkpoint,
                           is_distributed, make_run_dir, provenance, seed_everything, seed_worker, user_errors)
 from .data import DATASETS, ImageDataset, ReIDData, load_dataset
 import reid_nb.synth  # noqa: F401  (registers the synth-* datasets)
 from .metrics import evaluate, evaluate_single_shot
+from .probes import camera_split_r1, mechanism_metrics
 from .samplers import EpochBatchSampler, RandomIdentitySampler
 from .transforms import TransformConfig, build_transforms
 
 # %% auto #0
 __all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'RUN_OUTPUTS', 'TrainConfig', 'project_root', 'resolve_path', 'Stage',
            'Method', 'load_methods', 'register_method', 'build_optimizer', 'lr_factor', 'stage_optimizer',
-           'extract_features', 'evaluate_protocols', 'write_log', 'best_of_evaluated', 'GlobalBatchNorm',
-           'convert_sync_bn', 'resolve_amp', 'resolve_memory_format', 'transform_config', 'model_spec', 'load_data',
-           'train_batches', 'Run', 'run_config', 'claim_run_dir', 'prepare_run', 'Schedule', 'restore', 'train_epoch',
-           'evaluation_row', 'checkpoint_state', 'end_epoch', 'finish', 'fit', 'parse_sets', 'main', 'make_config']
+           'extract_features', 'EvalFeatures', 'evaluated_lists', 'evaluate_protocols', 'write_log',
+           'best_of_evaluated', 'GlobalBatchNorm', 'convert_sync_bn', 'resolve_amp', 'resolve_memory_format',
+           'transform_config', 'model_spec', 'load_data', 'train_batches', 'Run', 'run_config', 'same_run',
+           'claim_run_dir', 'prepare_run', 'Schedule', 'restore', 'train_epoch', 'precise_bn', 'settle_bn',
+           'evaluation_row', 'checkpoint_state', 'end_epoch', 'mechanism_row', 'finish', 'fit', 'parse_sets', 'main',
+           'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -84,6 +87,9 @@ class TrainConfig(Config):
                                              # across stages | stage: each stage restarts both (a fresh optimiser)
     milestones_from: str = "run"             # run: milestones count epochs of the whole run | last_stage: from the start of the last
                                              # stage (IFD: the main stream's steps after the attention phase; schedule='global')
+    precise_bn: int = 0                      # > 0: BatchNorm statistics recomputed over this many training batches before every pass
+                                             # that extracts features (evaluation; CCAFL's association and memories), fast-reid's
+                                             # PreciseBN (its default: off; 300 iterations when on). 0 = off (the papers' settings)
     progress: bool = True
 
     def __post_init__(self):
@@ -150,6 +156,7 @@ class Method:
     def features(self, model: nn.Module, batch: dict) -> torch.Tensor: return model(batch["img"])
     def on_epoch_start(self, model: nn.Module, stage: Stage, epoch: int) -> None: pass
     def epoch_log(self) -> dict: return {}             # extra columns for this epoch's log.csv row (e.g. association precision)
+    def mechanism(self, model: nn.Module, samples: list, transform, device) -> dict: return {}   # method-specific mechanism metrics
     def state_dict(self) -> dict: return {}            # method state outside the model that a resume needs (e.g. an own optimiser)
     def load_state_dict(self, sd: dict) -> None: pass
 
@@ -232,13 +239,26 @@ def extract_features(method: Method, model: nn.Module, samples: list, transform,
 
 def _ids(samples): return [np.array([getattr(s, k) for s in samples]) for k in ("pid", "camid", "clothes")]
 
+class EvalFeatures:
+    "Features of the evaluated lists, each list extracted once (the protocols share lists); `decoded`: {id(list): DecodedCache}."
+    def __init__(self, method: Method, model: nn.Module, transform, cfg: TrainConfig, device, decoded: dict | None = None):
+        self.args, self.decoded, self.cache = (method, model), decoded or {}, {}
+        self.transform, self.cfg, self.device = transform, cfg, device
+    def __call__(self, lst: list) -> torch.Tensor:
+        if id(lst) not in self.cache:
+            self.cache[id(lst)] = extract_features(*self.args, lst, self.transform, self.cfg, self.device, self.decoded.get(id(lst)))
+        return self.cache[id(lst)]
+
+def evaluated_lists(data: ReIDData) -> list[list]:
+    "Every list some protocol evaluates (queries and galleries), each once."
+    return list({id(l): l for p in data.protocols.values() for l in (p.query, p.gallery)}.values())
+
 def evaluate_protocols(method: Method, model: nn.Module, data: ReIDData, transform, cfg: TrainConfig, device,
-                       artifacts: Path | None = None, n_rank_lists: int = 16, n_embed: int = 2000, decoded: dict | None = None) -> dict:
+                       artifacts: Path | None = None, n_rank_lists: int = 16, n_embed: int = 2000, decoded: dict | None = None,
+                       feats: EvalFeatures | None = None) -> dict:
     "{protocol: metrics dict (with the CMC curve)} for every protocol of `data`; with `artifacts`, also what the report draws."
-    cache, res, ranks = {}, {}, {}
-    def feats(lst):                  # `decoded`: {id(list): DecodedCache} of the evaluated lists (data_path="cache")
-        if id(lst) not in cache: cache[id(lst)] = extract_features(method, model, lst, transform, cfg, device, (decoded or {}).get(id(lst)))
-        return cache[id(lst)]
+    res, ranks = {}, {}
+    feats = feats or EvalFeatures(method, model, transform, cfg, device, decoded)
     for name, p in data.protocols.items():
         (qp, qc, qcl), (gp, gc, gcl) = _ids(p.query), _ids(p.gallery)
         args = (feats(p.query), feats(p.gallery), qp, gp, qc, gc, qcl, gcl)
@@ -252,7 +272,7 @@ def evaluate_protocols(method: Method, model: nn.Module, data: ReIDData, transfo
         artifacts.mkdir(parents=True, exist_ok=True)
         atomic_write_json(artifacts / "rank_lists.json", ranks)
         # a sample of every evaluated image (queries and galleries of all protocols), so outfits and cameras vary
-        lists = list({id(l): l for p in data.protocols.values() for l in (p.query, p.gallery)}.values())
+        lists = evaluated_lists(data)
         allf = torch.cat([feats(l) for l in lists]); alls = [s for l in lists for s in l]
         g = torch.Generator().manual_seed(cfg.seed)
         idx = torch.randperm(len(alls), generator=g)[:n_embed].sort().values
@@ -464,11 +484,21 @@ def run_config(cfg: TrainConfig) -> dict:
     "The config a run folder and its checkpoints record: how it was started (resume, overwrite) is not part of what it is."
     return cfg.replace(resume=False, overwrite=False).to_dict()
 
+def same_run(recorded: dict, cfg: TrainConfig) -> bool:
+    "Is `recorded` (a config.json or checkpoint's config) the run `cfg` describes? Fields added to TrainConfig after it was"
+    "written count at their defaults, so a run from an older reid_nb resumes; a field it has that this one lacks does not match."
+    try: return run_config(TrainConfig.from_dict(recorded)) == run_config(cfg)
+    except (ConfigError, TypeError, ValueError): return False
+
 def claim_run_dir(rd: RunDir, cfg: TrainConfig, remove: bool = True) -> None:
     """Let a run start in `rd` only where no run is (no config.json), or where the user asked to resume it or to overwrite it;
     overwriting removes the old run's outputs first (`remove`: rank 0), so nothing of the old run can mix with the new one (a
     papermill output notebook beside them stays). Every rank checks before any rank writes, so all refuse alike."""
-    if not rd.config.is_file() or cfg.resume: return
+    if not rd.config.is_file(): return
+    if cfg.resume:                   # the same run recorded by an older reid_nb: its config.json gains the new fields' defaults
+        old = json.loads(rd.config.read_text())
+        if remove and old != run_config(cfg) and same_run(old, cfg): atomic_write_json(rd.config, run_config(cfg))
+        return
     if not cfg.overwrite:
         raise FileExistsError(f"{rd.path} already holds a run (its config.json); pass resume=True to continue it, overwrite=True "
                               f"to replace it, or choose another name")
@@ -566,7 +596,7 @@ def restore(run: Run, scaler) -> tuple[list, int, dict | None]:
     ckpt = run.rd.checkpoints / "last.pt"
     if not (run.cfg.resume and ckpt.is_file()): return [], 0, None
     state = load_checkpoint(ckpt)
-    if state["config"] != run_config(run.cfg):
+    if not same_run(state["config"], run.cfg):
         raise ValueError(f"{ckpt} was written by another config; resume with the same config (see {run.rd.config})")
     run.model.load_state_dict(state["model"]); scaler.load_state_dict(state["scaler"]); run.method.load_state_dict(state.get("method", {}))
     _set_rng_state(state["rng"])
@@ -599,9 +629,35 @@ def train_epoch(run: Run, dl, opt: torch.optim.Optimizer, scaler, stage: Stage, 
     return {"epoch": epoch + 1, "stage": stage.name, "lr": opt.param_groups[0]["lr"],
             **means, **method.epoch_log(), "images_per_s": n_img / dt, "seconds": dt}
 
+# %% ../nbs/08_engine.ipynb #6e52a6c6
+@torch.no_grad()
+def precise_bn(method: Method, model: nn.Module, samples: list, transform, cfg: TrainConfig, device, n_batches: int, seed: int = 0) -> int:
+    "Recompute every BatchNorm's running mean / var as the average over `n_batches` batches of `samples`; returns batches used."
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or n_batches <= 0: return 0
+    g = torch.Generator().manual_seed(seed)
+    keys = [(int(i), int(s)) for i, s in zip(torch.randperm(len(samples), generator=g)[: n_batches * cfg.batch_size],
+                                             torch.randint(0, 2**31 - 1, (n_batches * cfg.batch_size,), generator=g))]
+    ds = ImageDataset(samples, transform, label_set=method.label_set)   # (index, augmentation seed) keys: own generators
+    dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=keys, drop_last=len(keys) >= 2 * cfg.batch_size)
+    momenta, was = [m.momentum for m in bns], model.training
+    for m in bns: m.reset_running_stats(); m.momentum = None          # momentum None: the cumulative average of the batches
+    model.train()
+    n = 0
+    for b in dl: method.features(model, _to(b, device)); n += 1
+    for m, mo in zip(bns, momenta): m.momentum = mo
+    model.train(was)
+    return n
+
+def settle_bn(run: Run, epoch: int = -1) -> None:
+    "PreciseBN on the run's training set before a feature pass, when `cfg.precise_bn` asks for it."
+    if run.cfg.precise_bn:
+        precise_bn(run.method, run.model, run.data.train, run.train_tf, run.cfg, run.device, run.cfg.precise_bn, run.cfg.seed * 1_000_003 + epoch + 1)
+
 # %% ../nbs/08_engine.ipynb #c92d3663
 def evaluation_row(run: Run) -> dict:
     "mAP and R1 of every protocol, as log columns (`<protocol>_mAP`, `<protocol>_R1`)."
+    settle_bn(run)
     m = evaluate_protocols(run.method, run.model, run.data, run.test_tf, run.cfg, run.device, decoded=run.decoded)
     return {f"{p}_{k}": v for p, d in m.items() for k, v in d.items() if k in ("mAP", "R1")}
 
@@ -619,15 +675,35 @@ def end_epoch(run: Run, log: list, opt: torch.optim.Optimizer, scaler, stage_ind
     write_log(run.rd.log, log)
     atomic_torch_save(checkpoint_state(run, opt, scaler, stage_index, row["epoch"], log), run.rd.checkpoints / "last.pt")
 
+# %% ../nbs/08_engine.ipynb #e61f2c60
+def mechanism_row(run: Run, feats: EvalFeatures, max_images: int = 5000) -> dict:
+    "metrics.json's 'mechanism': the camera and outfit probes on the evaluated images (a seeded sample of at most `max_images`),\n"
+    "rank-1 split by same / other camera per protocol (`reid_nb.probes`), and what the method adds (`Method.mechanism`)."
+    lists = evaluated_lists(run.data)
+    if not lists: return {}
+    allf, alls = torch.cat([feats(l) for l in lists]), [s for l in lists for s in l]
+    keep = torch.randperm(len(alls), generator=torch.Generator().manual_seed(run.cfg.seed))[:max_images].sort().values.tolist()
+    pid, cam, clo = _ids([alls[i] for i in keep])
+    out = mechanism_metrics(allf[keep], pid, cam, clo, seed=run.cfg.seed)
+    out["camera_split"] = {}
+    for name, p in run.data.protocols.items():
+        (qp, qc, _), (gp, gc, _) = _ids(p.query), _ids(p.gallery)
+        out["camera_split"][name] = camera_split_r1(feats(p.query), feats(p.gallery), qp, gp, qc, gc,
+                                                    [s.path for s in p.query], [s.path for s in p.gallery])
+    return {**out, **run.method.mechanism(run.model, [alls[i] for i in keep], run.test_tf, run.device)}
+
 # %% ../nbs/08_engine.ipynb #0944379a
 def finish(run: Run, log: list, total: int) -> dict:
     "Rank 0: evaluate, write metrics.json and model.pt; every rank: leave the process group. The final metrics (rank 0) or {}."
     cfg, metrics = run.cfg, {}
     if run.rank == 0:
+        settle_bn(run, total)
+        feats = EvalFeatures(run.method, run.model, run.test_tf, cfg, run.device, run.decoded)
         metrics = {"dataset": cfg.dataset, "method": cfg.method, "backbone": cfg.backbone, "epochs": total,
                    "synthetic": cfg.dataset.startswith("synth"), "method_opts": cfg.method_opts,
                    "protocols": evaluate_protocols(run.method, run.model, run.data, run.test_tf, cfg, run.device,
-                                                   artifacts=run.rd.path / "eval", decoded=run.decoded)}
+                                                   artifacts=run.rd.path / "eval", feats=feats),
+                   "mechanism": mechanism_row(run, feats)}
         if log:
             log[-1].update({f"{p}_{k}": v for p, d in metrics["protocols"].items() for k, v in d.items() if k in ("mAP", "R1")})
             write_log(run.rd.log, log)

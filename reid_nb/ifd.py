@@ -12,14 +12,15 @@ import torch.nn.functional as F
 
 from .core import Config
 from .backbones import ResNetTrunk
-from .data import clothes_mask, get_label_set
+from .data import ImageDataset, clothes_mask, get_label_set
+from fastcore.basics import patch
 from .engine import Method, Stage, TrainConfig, register_method
 from .losses import _all_ranks, label_smoothed_ce, supcon_loss
 from .samplers import ProportionalRASSampler
 
 # %% auto #0
 __all__ = ['VARIANTS', 'CCL_NORMS', 'SpatialAttention', 'IFDNet', 'ccl_weights', 'clothing_contrastive_loss', 'IFDOpts',
-           'ifd_paper_preset', 'IFD', 'model_contrastive']
+           'ifd_paper_preset', 'IFD', 'model_contrastive', 'attention_on_clothes']
 
 # %% ../nbs/10_ifd.ipynb #5
 class SpatialAttention(nn.Module):
@@ -198,3 +199,26 @@ class IFD(Method):
         return model(batch["img"], batch.get("masked_img"))["bn_rg"]
 
 def model_contrastive(model) -> str | None: return getattr(model, "module", model).contrastive
+
+# %% ../nbs/10_ifd.ipynb #6b6f3677
+@torch.no_grad()
+def attention_on_clothes(model: nn.Module, loader, label_set: str = "lip", device="cpu") -> dict:
+    "{'attention_on_clothes': share of W_I's mass on clothes cells, 'clothes_area': share of cells that are clothes}."
+    m = getattr(model, "module", model)
+    if not m.ikt: return {}
+    was, on, tot, area, cells = m.training, 0.0, 0.0, 0.0, 0
+    m.eval()
+    for b in loader:
+        W = m(b["img"].to(device), b["masked_img"].to(device))["W_I"].float()              # (B, 1, h, w)
+        C = clothes_mask(b["mask"].to(device), label_set, size=W.shape[-2:]).unsqueeze(1).float()
+        on, tot, area, cells = on + float((W * C).sum()), tot + float(W.sum()), area + float(C.sum()), cells + C.numel()
+    m.train(was)
+    return {"attention_on_clothes": on / max(tot, 1e-12), "clothes_area": area / max(cells, 1)}
+
+@patch
+def mechanism(self: IFD, model, samples, transform, device) -> dict:
+    "metrics.json's IFD entries: `attention_on_clothes` on (up to 512 of) the evaluated images that have masks."
+    with_masks = [s for s in samples if s.mask is not None][:512]
+    if not with_masks: return {}
+    ds = ImageDataset(with_masks, transform, label_set=self.label_set)
+    return attention_on_clothes(model, torch.utils.data.DataLoader(ds, batch_size=self.cfg.eval_batch_size), self.label_set, device)

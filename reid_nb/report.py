@@ -14,7 +14,7 @@ import pandas as pd
 # %% auto #0
 __all__ = ['IFD_TABLE1', 'IFD_TABLE2', 'CCAFL_TABLE1', 'CCAFL_ABLATION', 'IFD_COLUMNS', 'CCAFL_COLUMNS', 'SYNTH', 'BEST_ROW',
            'BEST_NOTE', 'Run', 'collect_runs', 'find_run', 'Table', 'ifd_table1', 'ifd_table2', 'ccafl_table1',
-           'ccafl_ablation', 'runs_table', 't975', 'study_summary']
+           'ccafl_ablation', 'runs_table', 'mechanism_table', 't975', 'study_summary']
 
 # %% ../nbs/11_report.ipynb #5
 IFD_TABLE1 = {  # (R1, mAP) per column
@@ -213,6 +213,25 @@ def runs_table(runs: list[Run]) -> Table:
                         "machine": ", ".join(e.get("gpus") or []) or e.get("cpu", "?"), "started": e.get("time", "?")}
     return Table("Runs — what each trained and where it came from (* = uncommitted changes)", pd.DataFrame(rows).T,
                  ["provenance: env.json of each run folder"])
+
+# %% ../nbs/11_report.ipynb #a04bee4a
+def _acc(p: dict | None) -> str: return "-" if not p else f"{p['acc']:.2f} / {p['chance']:.2f}"
+
+def mechanism_table(runs: list[Run]) -> Table:
+    "One row per run with mechanism metrics: camera probe, outfit probe, IFD attention on clothes, same / cross-camera R1."
+    rows = {}
+    for r in sorted(runs, key=lambda r: r.name):
+        m = r.metrics.get("mechanism")
+        if not m: continue
+        split = next((v for v in m.get("camera_split", {}).values() if v.get("same_camera_R1") is not None), None) \
+            or next(iter(m.get("camera_split", {}).values()), {})
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
+        rows[r.name] = {"method": r.config.get("method"), "variant": r.variant or "-",
+                        "camera probe (acc / chance)": _acc(m.get("camera_probe")), "outfit probe (acc / chance)": _acc(m.get("outfit_probe")),
+                        "attention on clothes / clothes area": f"{m['attention_on_clothes']:.2f} / {m['clothes_area']:.2f}" if "attention_on_clothes" in m else "-",
+                        "same-camera R1": pct(split.get("same_camera_R1")), "cross-camera R1": pct(split.get("cross_camera_R1"))}
+    return Table("Mechanism probes — what the features still know of camera and outfit (lower = more invariant)",
+                 pd.DataFrame(rows).T, ["probes: reid_nb.probes (logistic regression, folds by identity; chance: the majority class)"])
 
 # %% ../nbs/11_report.ipynb #ad04715d
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110,

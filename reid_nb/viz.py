@@ -20,8 +20,8 @@ from .core import load_checkpoint
 from .report import Run
 
 # %% auto #0
-__all__ = ['plot_curves', 'plot_cmc', 'plot_rank_items', 'plot_rank_lists', 'plot_embedding', 'camera_probe_accuracy',
-           'plot_camera_probe', 'plot_ifd_attention', 'gradcam', 'plot_gradcam']
+__all__ = ['plot_curves', 'plot_cmc', 'plot_rank_items', 'plot_rank_lists', 'plot_embedding', 'camera_probe',
+           'camera_probe_accuracy', 'plot_camera_probe', 'plot_ifd_attention', 'gradcam', 'plot_gradcam']
 
 # %% ../nbs/12_viz.ipynb #5
 def plot_curves(run: Run):
@@ -95,28 +95,25 @@ def plot_embedding(run: Run, max_ids: int = 20):
     fig.suptitle(run.name); fig.tight_layout()
     return fig
 
-def camera_probe_accuracy(run: Run, dims: int | None = 4, epochs: int = 200, seed: int = 0) -> float:
-    "Held-out accuracy of a linear camera classifier on the run's feature sample, on its top `dims` principal components."
+def camera_probe(run: Run) -> dict:
+    "The run's camera probe ({'acc', 'chance', 'n'}, `reid_nb.probes`): from metrics.json's 'mechanism', else on its feature sample."
+    m = run.metrics.get("mechanism", {}).get("camera_probe")
+    if m: return m
+    from reid_nb.probes import camera_probe as probe
     s = _embedding_sample(run)
-    x, y = s["features"].float(), s["camid"].long()
-    if dims is not None:
-        x = x - x.mean(0)
-        x = x @ torch.linalg.svd(x, full_matrices=False).Vh[:dims].T
-    cams, y = torch.unique(y, return_inverse=True)
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(x), generator=g); tr, te = perm[: len(x) // 2], perm[len(x) // 2:]
-    w = torch.zeros(x.shape[1], len(cams), requires_grad=True); b = torch.zeros(len(cams), requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=epochs)
-    def closure():
-        opt.zero_grad(); l = F.cross_entropy(x[tr] @ w + b, y[tr]) + 1e-4 * (w ** 2).sum(); l.backward(); return l
-    opt.step(closure)
-    with torch.no_grad(): return float(((x[te] @ w + b).argmax(1) == y[te]).float().mean())
+    return probe(s["features"], s["pid"].numpy(), s["camid"].numpy(), seed=int(run.config.get("seed", 0)))
+
+def camera_probe_accuracy(run: Run) -> float:
+    "Held-out accuracy of the linear camera probe (folds by identity; `reid_nb.probes`)."
+    return float(camera_probe(run)["acc"])
 
 def plot_camera_probe(runs: list[Run]):
-    "Camera-probe accuracy per run (chance = 1 / cameras)."
-    df = pd.DataFrame([{"run": r.name, "camera-probe accuracy": camera_probe_accuracy(r)} for r in runs])
+    "Camera-probe accuracy per run, its chance level (the majority camera) as a tick over each bar."
+    df = pd.DataFrame([{"run": r.name, "camera-probe accuracy": (p := camera_probe(r))["acc"], "chance": p["chance"]} for r in runs])
     fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(df), 3))
-    sns.barplot(data=df, x="run", y="camera-probe accuracy", ax=ax); ax.set_ylim(0, 1); fig.tight_layout()
+    sns.barplot(data=df, x="run", y="camera-probe accuracy", ax=ax)
+    ax.scatter(range(len(df)), df["chance"], marker="_", s=600, color="k", label="chance", zorder=3)
+    ax.set_ylim(0, 1); ax.legend(loc="lower right"); fig.tight_layout()
     return fig
 
 # %% ../nbs/12_viz.ipynb #11

@@ -4,7 +4,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: nbdev_*, papermill
-sys.path.insert(0, str(ROOT / "tools"))  # seed_study: the settings of the method tests, where their measured figures come from
+sys.path.insert(0, str(ROOT / "tools"))  # seed_study: the DDP setting (the method studies are files under studies/)
 
 def run(cmd, cwd=ROOT, check=True, env=None, timeout=600):
     "Run a command, returning CompletedProcess; on unexpected failure show its output."

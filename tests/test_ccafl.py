@@ -1,17 +1,19 @@
 """CCAFL end to end on the camera-biased synthetic data: every stage and term runs in its window, the association gets precise,
 the model learns a cross-camera ranking; and no true cross-camera identity reaches a loss. Whether CCAFL beats its baselines
-at this scale is a multi-seed question: `tools/seed_study.py ccafl` and nbs/13_ccafl.ipynb (it does not, at this budget)."""
+at this scale is a multi-seed question: studies/ccafl-budget.yaml and nbs/13_ccafl.ipynb (it does not, at this budget)."""
 import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from reid_nb.engine import fit, make_config, load_methods, METHODS, _to
+from reid_nb.engine import fit, make_config, load_methods, METHODS
 from reid_nb.data import load_dataset, ImageDataset, intra_camera_labels
 from reid_nb.transforms import TransformConfig, build_transforms
-from conftest import chance_map
+from conftest import ROOT, chance_map
 
-from seed_study import CC_DATA as DATA, CC_OPTS as CCAFL_OPTS      # the setting the figures below were measured at
+from reid_nb.study import load_study
+_S = load_study(ROOT / "studies" / "ccafl-ablation.yaml")           # the setting the figures below were measured at
+DATA, CCAFL_OPTS = _S.dataset_opts, _S.train["method_opts"]
 
 def cfg(tmp, variant, **kw):
     return make_config("ccafl", "synth-market", name=variant, backbone="reid-tiny-rn", data_root=str(tmp / "data"), out_dir=str(tmp / "runs"),
@@ -28,7 +30,7 @@ def test_ccafl_end_to_end(tmp_path):
     assert inter.cluster.notna().all() and inter.assoc_precision.notna().all()
     # windows count global epochs (0-based): cluster text from 3, ICAL in [9, 12)
     assert log.i2ct.notna().tolist() == [e >= 3 for e in range(12)] and log.ical_adv.notna().tolist() == [9 <= e < 12 for e in range(12)]
-    # seeds 0-4 (tools/seed_study.py smoothing, "ours"; 2026-12-01): precision 0.25-0.72 at the first association, 0.89 +- 0.08
+    # seeds 0-4 (studies/ccafl-smoothing.yaml, "ours"; 2026-12-01): precision 0.25-0.72 at the first association, 0.89 +- 0.08
     # (0.76-0.97) at the last; it rose in all 15 runs measured (this code and the two versions before). Bound: about the
     # mean minus 4 std.
     prec = inter.assoc_precision.tolist()

@@ -61,6 +61,22 @@ def test_resume_with_another_config_is_refused(data_dir):
     fit(cfg)
     with pytest.raises(FileExistsError, match="different config"): fit(cfg.replace(epochs=2, resume=True))
 
+def test_run_from_an_older_reid_nb_resumes(data_dir):
+    "A run whose config.json and last.pt lack fields TrainConfig gained since (here precise_bn) resumes as the same run."
+    from reid_nb.core import atomic_torch_save
+    cfg = tiny_cfg(data_dir, epochs=2, eval_every=0, name="old")
+    fit(cfg.replace(epochs=1))                              # a first epoch... written as an older reid_nb would have
+    rd = data_dir / "runs" / "old"
+    ck = load_checkpoint(rd / "checkpoints" / "last.pt")
+    for d in (ck["config"],): d.pop("precise_bn"); d["epochs"] = 2
+    atomic_torch_save(ck, rd / "checkpoints" / "last.pt")
+    old = json.loads((rd / "config.json").read_text()); old.pop("precise_bn"); old["epochs"] = 2
+    (rd / "config.json").write_text(json.dumps(old))
+    m = fit(cfg.replace(resume=True))
+    assert "cc" in m["protocols"] and json.loads((rd / "config.json").read_text())["precise_bn"] == 0
+    assert [r["epoch"] for r in __import__("pandas").read_csv(rd / "log.csv").to_dict("records")] == [1, 2]
+    with pytest.raises(FileExistsError, match="different config"): fit(cfg.replace(resume=True, lr=1.0))   # a real difference: refused
+
 def _torchrun(cfg, path):
     cfg.save(path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,0 +1,94 @@
+"""Declared studies (reid_nb.study, issue 22): every file under studies/ is valid at each of its scales; a study runs end to end
+through nbs/ablation.ipynb with a summary that matches the runs' own metrics; bad study files are one-line errors naming the
+file and the key; the committed results (studies/results/) regenerate from their results.csv, and the README quotes them."""
+import json, math, subprocess
+import numpy as np
+import pandas as pd
+import pytest
+from reid_nb.study import load_study, study_runs, run_config_of, summarise, claims_markdown
+from conftest import ROOT, BIN
+
+STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
+
+@pytest.mark.parametrize("f", STUDIES, ids=[f.stem for f in STUDIES])
+def test_declared_studies_are_valid(f, tmp_path):
+    s = load_study(f)
+    for scale in [None, *s.scales]:
+        sc = load_study(f, scale)
+        runs = study_runs(sc)
+        assert len({r.name for r in runs}) == len(runs) == len(sc.seeds) * len(sc.variants) * math.prod(len(p) for p in sc.axes.values())
+        for r in runs: run_config_of(sc, r, tmp_path, tmp_path)            # every run's TrainConfig is valid (names, types)
+    assert len(s.seeds) >= 3, "a declared comparison needs seeds for an interval"
+
+TINY = """name: tiny
+method: ifd
+dataset: synth-prcc
+dataset_opts: {n_train_ids: 4, n_test_ids: 3, images_per_cam: 2}
+train: {epochs: 2, batch_size: 16, num_instances: 4, image_size: [64, 32], eval_every: 0, device: cpu}
+variants:
+  baseline: {method_opts: {variant: baseline}}
+  ifd: {method_opts: {variant: ifd}}
+seeds: [0, 1]
+primary: cc.mAP
+metrics: [cc.R1, mechanism.camera_probe.acc]
+comparisons: [[ifd, baseline]]
+"""
+
+def test_ablation_notebook_runs_a_declared_study(tmp_path):
+    "Two variants x two seeds through nbs/ablation.ipynb: a run each, results.csv from their metrics, the summary by hand, the report."
+    f = tmp_path / "tiny.yaml"; f.write_text(TINY)
+    p = subprocess.run([str(BIN / "papermill"), str(ROOT / "nbs" / "ablation.ipynb"), str(tmp_path / "out.ipynb"), "-k", "python3",
+                        "-p", "study", str(f), "-p", "data_root", str(tmp_path / "data"), "-p", "out_dir", str(tmp_path / "studies"),
+                        "-p", "runs_dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    out = tmp_path / "studies" / "tiny"
+    rows = pd.read_csv(out / "results.csv")
+    assert len(rows) == 4 and set(rows.variant) == {"baseline", "ifd"} and set(rows.seed) == {0, 1}
+    for _, r in rows.iterrows():
+        m = json.loads((tmp_path / "runs" / r.run / "metrics.json").read_text())
+        c = json.loads((tmp_path / "runs" / r.run / "config.json").read_text())
+        assert c["method_opts"]["variant"] == r.variant and c["seed"] == r.seed
+        assert abs(r["cc.mAP"] - 100 * m["protocols"]["cc"]["mAP"]) < 1e-9
+        assert 0 <= m["mechanism"]["camera_probe"]["acc"] <= 1 and "attention_on_clothes" in m["mechanism"] or r.variant == "baseline"
+    summ = json.loads((out / "summary.json").read_text())
+    d = rows[rows.variant == "ifd"].set_index("seed")["cc.mAP"] - rows[rows.variant == "baseline"].set_index("seed")["cc.mAP"]
+    c = summ["comparisons"][0]["cc.mAP"]
+    half = 12.706 * d.std(ddof=1) / math.sqrt(2)
+    assert abs(c["diff"] - d.mean()) < 1e-9 and abs(c["high"] - (d.mean() + half)) < 1e-6 and c["wins"] == int((d > 0).sum())
+    assert (out / "curves.png").is_file() and "tiny" in (out / "claims.md").read_text()
+    from reid_nb.report import collect_runs, find_run
+    assert len(find_run(collect_runs(tmp_path / "runs"), "ifd", "synth-prcc", "ifd").group) == 2     # the report sees both seeds
+    # a second run of the notebook trains nothing: every run is reused (same config)
+    before = {r: (tmp_path / "runs" / r / "model.pt").stat().st_mtime_ns for r in rows.run}
+    p = subprocess.run([str(BIN / "papermill"), str(ROOT / "nbs" / "ablation.ipynb"), str(tmp_path / "out2.ipynb"), "-k", "python3",
+                        "-p", "study", str(f), "-p", "data_root", str(tmp_path / "data"), "-p", "out_dir", str(tmp_path / "studies"),
+                        "-p", "runs_dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0 and before == {r: (tmp_path / "runs" / r / "model.pt").stat().st_mtime_ns for r in rows.run}
+
+@pytest.mark.parametrize("change,message", [
+    (lambda t: t + "seed: 3\n", "unknown key(s) ['seed']"),
+    (lambda t: t.replace("[[ifd, baseline]]", "[[ifd, ikt]]"), "undeclared variant(s) ['ikt']"),
+    (lambda t: t.replace("primary: cc.mAP\n", ""), "missing key(s) ['primary']"),
+    (lambda t: t.replace("seeds: [0, 1]", "seeds: [0, 0]"), "seeds repeat"),
+])
+def test_bad_study_file_is_one_line_error(tmp_path, change, message):
+    f = tmp_path / "bad.yaml"; f.write_text(change(TINY))
+    p = subprocess.run([str(BIN / "reid-study"), str(f), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and message in p.stderr and str(f) in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "o").exists()                                         # nothing ran, nothing written
+
+RESULTS = sorted((ROOT / "studies" / "results").glob("*/results.csv"))
+
+@pytest.mark.parametrize("f", RESULTS, ids=[f.parent.name for f in RESULTS])
+def test_committed_results_regenerate(f):
+    "The committed summary and claims are what the committed per-run results give, and the README quotes the claims."
+    s = load_study(f.parent / "study.yaml")
+    s.name = f.parent.name
+    rows = pd.read_csv(f)
+    assert len(rows) == len(study_runs(s))
+    summ = summarise(s, rows)
+    have = json.loads((f.parent / "summary.json").read_text())
+    assert np.allclose([c[s.primary]["diff"] for c in summ["comparisons"]], [c[s.primary]["diff"] for c in have["comparisons"]])
+    claims = claims_markdown(summ, s)
+    assert claims == (f.parent / "claims.md").read_text()
+    assert claims.strip() in (ROOT / "README.md").read_text()
