@@ -67,36 +67,57 @@ def read_features(path: str | Path) -> dict:
     return d
 
 # %% ../nbs/16_features.ipynb #26fbb072
-def embed_folder(emb: Embedder, folder: str | Path, out: str | Path, chunk: int = 4096, progress: bool = True) -> Path:
-    "Features of every image below `folder` into the .npz `out`, chunk by chunk (resumable; the output written atomically)."
+def _stamp(f: Path) -> tuple[str, int, int]:
+    "What identifies an image file's content cheaply: absolute path, size, modification time (ns)."
+    st = f.stat()
+    return str(f.absolute()), st.st_size, st.st_mtime_ns
+
+def _stored(d: dict):
+    "(stamp, feature) pairs of a feature file or chunk; files from before stamps give none (so nothing of them is reused)."
+    if not {"abspaths", "sizes", "mtimes"} <= set(d): return []
+    return zip(zip(d["abspaths"].tolist(), d["sizes"].tolist(), d["mtimes"].tolist()), d["features"])
+
+def embed_folder(emb: Embedder, folder: str | Path, out: str | Path, chunk: int = 512, progress: bool = True) -> Path:
+    """Features of every image below `folder` into the .npz `out`, chunk by chunk (resumable; the output written atomically).
+    A stored feature (in `out` or a chunk of a killed run) is reused only for the same model (fingerprint) and the same file:
+    its absolute path, size and modification time; anything else is computed again, so a replaced image or another folder
+    with the same file names never inherits old features."""
     folder, out = Path(folder), Path(out)
-    rels = [str(p.relative_to(folder)) for p in list_images(folder)]
-    if not rels: raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMG_EXTS)})")
+    files = list_images(folder)
+    if not files: raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMG_EXTS)})")
+    rels, stamps = [str(p.relative_to(folder)) for p in files], [_stamp(p) for p in files]
     fp, parts = fingerprint(emb), out.with_name(out.name + ".parts")
-    done = {}                                                        # rel path -> feature, from earlier work of this model
+    done = {}                                                        # stamp -> feature, from earlier work of this model
     for f in ([out] if out.is_file() else []) + sorted(parts.glob("chunk-*.npz")):
         try: d = read_features(f)
         except ValueError: continue                                  # a chunk cut short by a kill: computed again
-        if d["meta"].get("fingerprint") == fp: done.update(zip(d["paths"].tolist(), d["features"]))
-    todo = [r for r in rels if r not in done]
+        if d["meta"].get("fingerprint") == fp: done.update(_stored(d))
+    todo = [i for i, s in enumerate(stamps) if s not in done]
     parts.mkdir(parents=True, exist_ok=True)
     first = len(list(parts.glob("chunk-*.npz")))
     bar = tqdm(total=len(rels), initial=len(rels) - len(todo), desc=f"embed {folder.name}", disable=not progress, file=sys.stdout,
                mininterval=5, ncols=90)
-    for i in range(0, len(todo), chunk):
-        batch = todo[i:i + chunk]
-        f = emb([folder / r for r in batch]).numpy()
-        _atomic_savez(parts / f"chunk-{first + i // chunk:06d}.npz", features=f, paths=np.array(batch),
-                      meta=np.array(json.dumps({"fingerprint": fp})))
-        done.update(zip(batch, f)); bar.update(len(batch))
+    for k, i in enumerate(range(0, len(todo), chunk)):
+        idx, feats = todo[i:i + chunk], []
+        for j in range(0, len(idx), emb.batch_size):                 # progress per batch, a chunk file per `chunk` images
+            feats.append(emb([files[t] for t in idx[j:j + emb.batch_size]]).numpy()); bar.update(len(idx[j:j + emb.batch_size]))
+        f = np.concatenate(feats)
+        st = [stamps[t] for t in idx]
+        _atomic_savez(parts / f"chunk-{first + k:06d}.npz", features=f, paths=np.array([rels[t] for t in idx]),
+                      abspaths=np.array([s[0] for s in st]), sizes=np.array([s[1] for s in st], np.int64),
+                      mtimes=np.array([s[2] for s in st], np.int64), meta=np.array(json.dumps({"fingerprint": fp})))
+        done.update(zip(st, f))
     bar.close()
     parsed = [parse_ids(r, root=folder) for r in rels]
     ids = np.array([x[:3] for x in parsed], dtype=np.int64).reshape(-1, 3)
-    meta = {"fingerprint": fp, "run": str(emb.weights.parent if emb.weights.name == "model.pt" else emb.weights), "weights": str(emb.weights),
+    w = emb.weights.absolute()                                       # absolute: the file is read from any working folder
+    meta = {"fingerprint": fp, "run": str(w.parent if w.name == "model.pt" else w), "weights": str(w),
             "folder": str(folder.absolute()), "method": emb.cfg.method, "backbone": emb.cfg.backbone, "flip": emb.net.flip,
             "image_size": list(emb.size), "reid_nb": reid_nb.__version__, "layouts": sorted({x[3] for x in parsed} - {""})}
-    _atomic_savez(out, features=np.stack([done[r] for r in rels]).astype(np.float32), paths=np.array(rels), pid=ids[:, 0],
-                  camid=ids[:, 1], clothes=ids[:, 2], meta=np.array(json.dumps(meta)))
+    _atomic_savez(out, features=np.stack([done[s] for s in stamps]).astype(np.float32), paths=np.array(rels), pid=ids[:, 0],
+                  camid=ids[:, 1], clothes=ids[:, 2], abspaths=np.array([s[0] for s in stamps]),
+                  sizes=np.array([s[1] for s in stamps], np.int64), mtimes=np.array([s[2] for s in stamps], np.int64),
+                  meta=np.array(json.dumps(meta)))
     shutil.rmtree(parts, ignore_errors=True)
     return out
 
@@ -108,7 +129,7 @@ def embed_main(argv=None) -> None:
     ap.add_argument("images", help="folder of images (searched recursively; a masks/ tree is skipped)")
     ap.add_argument("-o", "--out", required=True, help="output .npz")
     ap.add_argument("--device", default="auto"); ap.add_argument("--batch-size", type=int); ap.add_argument("--workers", type=int, default=0)
-    ap.add_argument("--chunk", type=int, default=4096, help="images per resumable chunk")
+    ap.add_argument("--chunk", type=int, default=512, help="images per resumable chunk")
     ap.add_argument("--no-flip", action="store_true", help="without the flipped view (default: as the run evaluated)")
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     a = ap.parse_args(argv)

@@ -92,7 +92,11 @@ def _queries(a, gallery: dict) -> tuple[torch.Tensor, list[str], np.ndarray]:
             raise ValueError(f"{a.query[0]} and {a.gallery} were embedded by different models or settings (their fingerprints "
                              f"differ); embed both with the same run and flip setting")
         return torch.from_numpy(q["features"]), q["paths"].tolist(), q["pid"] if "pid" in q else np.full(len(q["paths"]), -1)
-    emb = load_model(a.run or gallery["meta"]["weights"], a.device, flip=gallery["meta"].get("flip"))
+    w = a.run or gallery["meta"]["weights"]
+    if not a.run and not Path(w).exists():
+        raise FileNotFoundError(f"{a.gallery} was embedded with {w}, which does not exist here; pass --run RUN (the run folder "
+                                f"that embedded it) to embed the queries")
+    emb = load_model(w, a.device, flip=gallery["meta"].get("flip"))
     items = [p for x in a.query for p in (list_images(x) if Path(x).is_dir() else [Path(x)])]
     return emb(items), [str(p) for p in items], np.array([parse_ids(p)[0] for p in items])
 

@@ -232,3 +232,11 @@ def test_cli_user_mistakes_are_one_line_errors(runs, tmp_path, capsys):
     with pytest.raises(ValueError, match="k must be at least 1"):                     # --debug: the exception itself
         search_main([str(tmp_path / "g.npz"), str(tmp_path / "g.npz"), "-k", "0", "--debug"])
     with pytest.raises(ValueError, match="8 dims but the gallery's 16"): search(torch.zeros(2, 8), torch.zeros(5, 16), rerank=True)
+    # the .npz names its run by absolute path: image queries work from any folder; a run that is gone is named with --run
+    import os
+    cwd = os.getcwd(); os.chdir(tmp_path)
+    try: search_main(["g.npz", str(list_images(test / "B")[0]), "-k", "3"])
+    finally: os.chdir(cwd)
+    d = dict(np.load(tmp_path / "g.npz")); meta = json.loads(str(d["meta"])); meta["weights"] = str(tmp_path / "gone" / "model.pt")
+    d["meta"] = np.array(json.dumps(meta)); np.savez(tmp_path / "moved.npz", **d)
+    one_line(search_main, [str(tmp_path / "moved.npz"), str(list_images(test / "B")[0])], r"^reid-search: .*gone/model.pt.*--run RUN")
