@@ -201,6 +201,24 @@ class Config:
         hints = typing.get_type_hints(cls)
         return cls(**{k: _check_value(k, hints[k], v, cls, source) for k, v in d.items()})
 
+    @classmethod
+    def from_params(cls, d: dict, source: str = "papermill parameters"):
+        """`from_dict` for command-line parameters, where every value may arrive as text: papermill's `-p resume true` (only
+        `True` becomes a bool there), `-p dataset_opts '{"n_train_ids": 8}'`, `-p image_size "[256, 128]"`. A string for a field
+        that does not take strings is read as YAML (so JSON too); a number for a string field becomes its text (`-p name 2024`)."""
+        hints, out = typing.get_type_hints(cls), {}
+        for k, v in d.items():
+            tp = hints.get(k)
+            takes = lambda t: tp is t or t in typing.get_args(tp)
+            if isinstance(v, str) and tp is not None and not takes(str):
+                import yaml
+                try: v = yaml.safe_load(v)
+                except yaml.YAMLError as e: raise ConfigError(f"{cls.__name__}.{k} in {source}: {v!r} could not be read ({e})") from None
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and tp is not None and takes(str) and not (takes(int) or takes(float)):
+                v = str(v)
+            out[k] = v
+        return cls.from_dict(out, source)
+
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=_json_default))
 

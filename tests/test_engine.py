@@ -280,8 +280,10 @@ def test_an_existing_run_is_never_overwritten_by_accident(data_dir):
 
 def test_train_notebook_names_an_unnamed_run(data_dir):
     "Without -p name the run gets <dataset>-<method>-<time>: the README's command never lands in another run's folder."
-    p, out = _pm(data_dir, ("epochs", 1), ("batch_size", 16), ("image_size", [64, 32]), ("eval_every", 0), ("device", "cpu"),
-                 ("data_root", str(data_dir / "data")), ("out_dir", str(data_dir / "runs_auto")), ("dataset_opts", TINY))
+    # and parameters as text, as a shell gives them: -p overwrite true, -p image_size "[64, 32]", -p dataset_opts '{...}'
+    p, out = _pm(data_dir, ("epochs", 1), ("batch_size", 16), ("image_size", "[64, 32]"), ("eval_every", 0), ("device", "cpu"),
+                 ("data_root", str(data_dir / "data")), ("out_dir", str(data_dir / "runs_auto")), ("dataset_opts", json.dumps(TINY)),
+                 ("overwrite", "true"))
     assert p.returncode == 0, p.stderr[-4000:]
     (run,) = (data_dir / "runs_auto").iterdir()
     assert re.fullmatch(r"synth-prcc-baseline-\d{8}-\d{6}", run.name) and (run / "metrics.json").is_file()
