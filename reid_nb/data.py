@@ -107,7 +107,7 @@ EXPECTED_COUNTS = {
 }
 
 # %% ../nbs/01_data.ipynb #8
-IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 class DatasetLayoutError(FileNotFoundError):
     "A dataset root that does not match the expected layout."
@@ -280,7 +280,7 @@ def _verify(data: ReIDData, skip_unreadable: bool, label_set: LabelSet) -> ReIDD
                 if not skip_unreadable: raise
                 bad.append(str(e))
         return out
-    out = _map_splits(data, check, extra=lambda: {"skipped_unreadable": len(bad)})
+    out = _map_splits(data, check, extra=lambda: {"skipped_unreadable": bad})      # the messages: path and why; fit lists them
     if bad: warnings.warn(f"{data.name}: skipped {len(bad)} unreadable file(s), e.g. {bad[0]}")
     return out
 

@@ -478,7 +478,7 @@ class Run:
     cache: Any = None                         # data_path="cache": the training set's DecodedCache
     decoded: dict | None = None               # ... and the evaluated lists' ({id(list): DecodedCache}, rank 0)
 
-RUN_OUTPUTS = ("config.json", "model.json", "env.json", "metrics.json", "model.pt", "log.csv", "checkpoints", "eval", "plots")
+RUN_OUTPUTS = ("config.json", "model.json", "env.json", "metrics.json", "model.pt", "log.csv", "checkpoints", "eval", "plots", "skipped.txt")
 
 def run_config(cfg: TrainConfig) -> dict:
     "The config a run folder and its checkpoints record: how it was started (resume, overwrite) is not part of what it is."
@@ -547,6 +547,8 @@ def prepare_run(cfg: TrainConfig, origin: dict | None = None) -> Run:
         claim_run_dir(rd, cfg)
         make_run_dir(cfg.name, run_config(cfg), root=resolve_path(cfg.out_dir), overwrite=not cfg.resume)
         _write_env(rd, cfg, world, device, origin)
+        if data.extra.get("skipped_unreadable"):       # dataset_opts verify + skip_unreadable: what was left out, and why
+            atomic_write_text(rd.path / "skipped.txt", "\n".join(data.extra["skipped_unreadable"]) + "\n")
         atomic_write_json(rd.path / "model.json", model_spec(method, model))
     train_tf, test_tf = build_transforms(transform_config(cfg), method.label_set)   # a flipped mask swaps left/right in its own label set
     if cfg.batch_size % world or (cfg.batch_size // world) % cfg.num_instances:

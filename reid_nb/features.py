@@ -77,11 +77,24 @@ def _stored(d: dict):
     if not {"abspaths", "sizes", "mtimes"} <= set(d): return []
     return zip(zip(d["abspaths"].tolist(), d["sizes"].tolist(), d["mtimes"].tolist()), d["features"])
 
-def embed_folder(emb: Embedder, folder: str | Path, out: str | Path, chunk: int = 512, progress: bool = True) -> Path:
+def _embed(emb: Embedder, files: list, skip_bad: bool, bad: list) -> tuple[np.ndarray, list[int]]:
+    "Features of `files` and the positions they belong to; with `skip_bad`, an unreadable file is listed in `bad` and left out."
+    try: return emb(files).numpy(), list(range(len(files)))
+    except (OSError, ValueError):
+        if not skip_bad: raise                                      # the error names the file
+    feats, kept = [], []
+    for i, f in enumerate(files):                                   # one at a time, to find the bad ones
+        try: feats.append(emb([f]).numpy()); kept.append(i)
+        except (OSError, ValueError) as e: bad.append(str(e))
+    return (np.concatenate(feats) if feats else np.zeros((0, emb.dim), np.float32)), kept
+
+def embed_folder(emb: Embedder, folder: str | Path, out: str | Path, chunk: int = 512, progress: bool = True,
+                 skip_bad: bool = False) -> Path:
     """Features of every image below `folder` into the .npz `out`, chunk by chunk (resumable; the output written atomically).
     A stored feature (in `out` or a chunk of a killed run) is reused only for the same model (fingerprint) and the same file:
     its absolute path, size and modification time; anything else is computed again, so a replaced image or another folder
-    with the same file names never inherits old features."""
+    with the same file names never inherits old features. `skip_bad`: unreadable, empty or truncated files are left out and
+    listed in the output's meta['skipped'] (without it the first one stops the run, naming it)."""
     folder, out = Path(folder), Path(out)
     files = list_images(folder)
     if not files: raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMG_EXTS)})")
@@ -97,23 +110,30 @@ def embed_folder(emb: Embedder, folder: str | Path, out: str | Path, chunk: int 
     first = len(list(parts.glob("chunk-*.npz")))
     bar = tqdm(total=len(rels), initial=len(rels) - len(todo), desc=f"embed {folder.name}", disable=not progress, file=sys.stdout,
                mininterval=5, ncols=90)
+    bad = []
     for k, i in enumerate(range(0, len(todo), chunk)):
-        idx, feats = todo[i:i + chunk], []
+        idx, feats, kept = todo[i:i + chunk], [], []
         for j in range(0, len(idx), emb.batch_size):                 # progress per batch, a chunk file per `chunk` images
-            feats.append(emb([files[t] for t in idx[j:j + emb.batch_size]]).numpy()); bar.update(len(idx[j:j + emb.batch_size]))
-        f = np.concatenate(feats)
+            b = idx[j:j + emb.batch_size]
+            f, ok = _embed(emb, [files[t] for t in b], skip_bad, bad)
+            feats.append(f); kept += [b[o] for o in ok]; bar.update(len(b))
+        f, idx = np.concatenate(feats), kept
         st = [stamps[t] for t in idx]
         _atomic_savez(parts / f"chunk-{first + k:06d}.npz", features=f, paths=np.array([rels[t] for t in idx]),
                       abspaths=np.array([s[0] for s in st]), sizes=np.array([s[1] for s in st], np.int64),
                       mtimes=np.array([s[2] for s in st], np.int64), meta=np.array(json.dumps({"fingerprint": fp})))
         done.update(zip(st, f))
     bar.close()
+    keep = [i for i, s in enumerate(stamps) if s in done]
+    if not keep: raise OSError(f"no image below {folder} could be read ({len(bad)} unreadable, e.g. {bad[0] if bad else '-'})")
+    files, rels, stamps = [files[i] for i in keep], [rels[i] for i in keep], [stamps[i] for i in keep]
     parsed = [parse_ids(r, root=folder) for r in rels]
     ids = np.array([x[:3] for x in parsed], dtype=np.int64).reshape(-1, 3)
     w = emb.weights.absolute()                                       # absolute: the file is read from any working folder
     meta = {"fingerprint": fp, "run": str(w.parent if w.name == "model.pt" else w), "weights": str(w),
             "folder": str(folder.absolute()), "method": emb.cfg.method, "backbone": emb.cfg.backbone, "flip": emb.net.flip,
-            "image_size": list(emb.size), "reid_nb": reid_nb.__version__, "layouts": sorted({x[3] for x in parsed} - {""})}
+            "image_size": list(emb.size), "reid_nb": reid_nb.__version__, "layouts": sorted({x[3] for x in parsed} - {""}),
+            "skipped": bad}
     _atomic_savez(out, features=np.stack([done[s] for s in stamps]).astype(np.float32), paths=np.array(rels), pid=ids[:, 0],
                   camid=ids[:, 1], clothes=ids[:, 2], abspaths=np.array([s[0] for s in stamps]),
                   sizes=np.array([s[1] for s in stamps], np.int64), mtimes=np.array([s[2] for s in stamps], np.int64),
@@ -130,12 +150,14 @@ def embed_main(argv=None) -> None:
     ap.add_argument("-o", "--out", required=True, help="output .npz")
     ap.add_argument("--device", default="auto"); ap.add_argument("--batch-size", type=int); ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--chunk", type=int, default=512, help="images per resumable chunk")
+    ap.add_argument("--skip-bad", action="store_true", help="leave out unreadable, empty or truncated images (listed in the output)")
     ap.add_argument("--no-flip", action="store_true", help="without the flipped view (default: as the run evaluated)")
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     a = ap.parse_args(argv)
     with user_errors("reid-embed", a.debug):
         emb = load_model(a.run, a.device, a.batch_size, a.workers, flip=False if a.no_flip else None)
-        out = embed_folder(emb, a.images, a.out, chunk=a.chunk)
+        out = embed_folder(emb, a.images, a.out, chunk=a.chunk, skip_bad=a.skip_bad)
         d = read_features(out)
         print(f"{out}: {len(d['paths'])} images x {d['features'].shape[1]} dims ({', '.join(d['meta']['layouts']) or 'no known layout'})")
+        for s in d["meta"].get("skipped", []): print("skipped", s)
 

@@ -237,7 +237,7 @@ def test_unreadable_image_error_and_skip(market):
     with pytest.raises(OSError, match="0003_c1s1_000551_01.jpg"): load_dataset("market1501", market, verify=True)
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         d = load_dataset("market1501", market, verify=True, skip_unreadable=True)
-    assert d.extra["skipped_unreadable"] == 1 and len(d.query) == 1 and len(d.protocols["standard"].query) == 1
+    assert len(d.extra["skipped_unreadable"]) == 1 and len(d.query) == 1 and len(d.protocols["standard"].query) == 1
     ds = ImageDataset(load_dataset("market1501", market).query)
     with pytest.raises(OSError, match="0003_c1s1_000551_01.jpg"): ds[0]
 

@@ -287,3 +287,13 @@ def test_train_notebook_names_an_unnamed_run(data_dir):
     assert p.returncode == 0, p.stderr[-4000:]
     (run,) = (data_dir / "runs_auto").iterdir()
     assert re.fullmatch(r"synth-prcc-baseline-\d{8}-\d{6}", run.name) and (run / "metrics.json").is_file()
+
+def test_training_skips_unreadable_images_and_lists_them(data_dir):
+    "dataset_opts verify + skip_unreadable: a truncated training image is left out and named in the run's skipped.txt; without them fit stops naming it."
+    bad = sorted(next((data_dir / "data").glob("synth-prcc*")).glob("prcc/rgb/train/*/*.jpg"))[0]
+    bad.write_bytes(bad.read_bytes()[:80])
+    with pytest.raises(OSError, match=bad.name):
+        fit(tiny_cfg(data_dir, name="strict", epochs=1, eval_every=0, dataset_opts={**TINY, "verify": True}))
+    fit(tiny_cfg(data_dir, name="skip", epochs=1, eval_every=0, dataset_opts={**TINY, "verify": True, "skip_unreadable": True}))
+    listed = (data_dir / "runs" / "skip" / "skipped.txt").read_text().splitlines()
+    assert len(listed) == 1 and bad.name in listed[0]
