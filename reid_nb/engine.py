@@ -31,8 +31,8 @@ __all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'RUN_OUTPUTS', 'TrainCon
            'best_of_evaluated', 'GlobalBatchNorm', 'convert_sync_bn', 'resolve_amp', 'resolve_memory_format',
            'transform_config', 'model_spec', 'load_data', 'train_batches', 'Run', 'run_config', 'same_run',
            'claim_run_dir', 'prepare_run', 'Schedule', 'restore', 'train_epoch', 'precise_bn', 'settle_bn',
-           'evaluation_row', 'checkpoint_state', 'end_epoch', 'mechanism_row', 'finish', 'fit', 'parse_sets', 'main',
-           'make_config']
+           'evaluation_row', 'checkpoint_state', 'format_row', 'end_epoch', 'mechanism_row', 'finish', 'fit',
+           'parse_sets', 'main', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -596,10 +596,13 @@ class Schedule:
 def restore(run: Run, scaler) -> tuple[list, int, dict | None]:
     "(log, first epoch to train, checkpoint or None): the state of `run.rd`'s last.pt when resuming, else a fresh start."
     ckpt = run.rd.checkpoints / "last.pt"
-    if not (run.cfg.resume and ckpt.is_file()): return [], 0, None
+    if not (run.cfg.resume and ckpt.is_file()):
+        if run.cfg.resume and run.rank == 0: print(f"resume: {ckpt} does not exist yet, starting {run.rd.path} from epoch 1", flush=True)
+        return [], 0, None
     state = load_checkpoint(ckpt)
     if not same_run(state["config"], run.cfg):
         raise ValueError(f"{ckpt} was written by another config; resume with the same config (see {run.rd.config})")
+    if run.rank == 0: print(f"resume: {run.rd.path} continues after epoch {state['epoch']} (from {ckpt})", flush=True)
     run.model.load_state_dict(state["model"]); scaler.load_state_dict(state["scaler"]); run.method.load_state_dict(state.get("method", {}))
     _set_rng_state(state["rng"])
     return state["log"], state["epoch"], state
@@ -669,11 +672,17 @@ def checkpoint_state(run: Run, opt: torch.optim.Optimizer, scaler, stage_index: 
             "stage": stage_index, "epoch": epoch, "log": log, "sampler": run.sampler.state_dict(), "rng": _rng_state(),
             "method": run.method.state_dict(), "config": run_config(run.cfg)}
 
+def format_row(row: dict) -> str:
+    "A log row as one line; retrieval metrics (`*_mAP`, `*_R1`) in %, as the report shows them."
+    pct = lambda k: k.endswith(("_mAP", "_R1"))
+    return " ".join(f"{k}={100 * v:.1f}%" if isinstance(v, float) and pct(k) else f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in row.items())
+
 def end_epoch(run: Run, log: list, opt: torch.optim.Optimizer, scaler, stage_index: int) -> None:
     "Rank 0: print the epoch's row, write log.csv and the checkpoint (both atomically)."
     if run.rank != 0: return
     row = log[-1]
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    print(format_row(row), flush=True)
     write_log(run.rd.log, log)
     atomic_torch_save(checkpoint_state(run, opt, scaler, stage_index, row["epoch"], log), run.rd.checkpoints / "last.pt")
 
@@ -709,6 +718,7 @@ def finish(run: Run, log: list, total: int) -> dict:
         if log:
             log[-1].update({f"{p}_{k}": v for p, d in metrics["protocols"].items() for k, v in d.items() if k in ("mAP", "R1")})
             write_log(run.rd.log, log)
+            print("final", format_row({k: v for k, v in log[-1].items() if k.endswith(("_mAP", "_R1"))}), flush=True)
             metrics["best_of_evaluated"] = best_of_evaluated(log, list(metrics["protocols"]), run.method.best_on)
         run.rd.write_metrics(metrics)
         atomic_torch_save(run.model.state_dict(), run.rd.path / "model.pt")

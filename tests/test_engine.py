@@ -61,7 +61,7 @@ def test_resume_with_another_config_is_refused(data_dir):
     fit(cfg)
     with pytest.raises(FileExistsError, match="different config"): fit(cfg.replace(epochs=2, resume=True))
 
-def test_run_from_an_older_reid_nb_resumes(data_dir):
+def test_run_from_an_older_reid_nb_resumes(data_dir, capsys):
     "A run whose config.json and last.pt lack fields TrainConfig gained since (here precise_bn) resumes as the same run."
     from reid_nb.core import atomic_torch_save
     cfg = tiny_cfg(data_dir, epochs=2, eval_every=0, name="old")
@@ -72,7 +72,10 @@ def test_run_from_an_older_reid_nb_resumes(data_dir):
     atomic_torch_save(ck, rd / "checkpoints" / "last.pt")
     old = json.loads((rd / "config.json").read_text()); old.pop("precise_bn"); old["epochs"] = 2
     (rd / "config.json").write_text(json.dumps(old))
+    capsys.readouterr()
     m = fit(cfg.replace(resume=True))
+    out = capsys.readouterr().out
+    assert "continues after epoch 1" in out and re.search(r"cc_mAP=\d+\.\d%", out)          # where it resumed; metrics in %
     assert "cc" in m["protocols"] and json.loads((rd / "config.json").read_text())["precise_bn"] == 0
     assert [r["epoch"] for r in __import__("pandas").read_csv(rd / "log.csv").to_dict("records")] == [1, 2]
     with pytest.raises(FileExistsError, match="different config"): fit(cfg.replace(resume=True, lr=1.0))   # a real difference: refused
