@@ -29,10 +29,10 @@ __all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'RUN_OUTPUTS', 'TrainCon
            'Method', 'load_methods', 'register_method', 'build_optimizer', 'lr_factor', 'stage_optimizer',
            'extract_features', 'EvalFeatures', 'evaluated_lists', 'evaluate_protocols', 'write_log',
            'best_of_evaluated', 'GlobalBatchNorm', 'convert_sync_bn', 'resolve_amp', 'resolve_memory_format',
-           'transform_config', 'model_spec', 'load_data', 'train_batches', 'Run', 'run_config', 'same_run',
-           'claim_run_dir', 'prepare_run', 'Schedule', 'restore', 'train_epoch', 'precise_bn', 'settle_bn',
-           'evaluation_row', 'checkpoint_state', 'format_row', 'end_epoch', 'mechanism_row', 'finish', 'fit',
-           'parse_sets', 'main', 'make_config']
+           'transform_config', 'model_spec', 'load_data', 'train_batches', 'Run', 'config_fingerprint', 'file_sha256',
+           'run_config', 'same_run', 'claim_run_dir', 'prepare_run', 'Schedule', 'restore', 'train_epoch', 'precise_bn',
+           'settle_bn', 'evaluation_row', 'checkpoint_state', 'format_row', 'end_epoch', 'mechanism_row', 'finish',
+           'fit', 'parse_sets', 'main', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -480,6 +480,18 @@ class Run:
 
 RUN_OUTPUTS = ("config.json", "model.json", "env.json", "metrics.json", "model.pt", "log.csv", "checkpoints", "eval", "plots", "skipped.txt")
 
+def config_fingerprint(cfg_dict: dict) -> str:
+    "What ties model.json (and so model.pt) to its config.json: a hash of the run config, recorded at the start of every run."
+    import hashlib
+    return hashlib.sha256(json.dumps(cfg_dict, sort_keys=True).encode()).hexdigest()[:16]
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
+
 def run_config(cfg: TrainConfig) -> dict:
     "The config a run folder and its checkpoints record: how it was started (resume, overwrite) is not part of what it is."
     return cfg.replace(resume=False, overwrite=False).to_dict()
@@ -549,7 +561,7 @@ def prepare_run(cfg: TrainConfig, origin: dict | None = None) -> Run:
         _write_env(rd, cfg, world, device, origin)
         if data.extra.get("skipped_unreadable"):       # dataset_opts verify + skip_unreadable: what was left out, and why
             atomic_write_text(rd.path / "skipped.txt", "\n".join(data.extra["skipped_unreadable"]) + "\n")
-        atomic_write_json(rd.path / "model.json", model_spec(method, model))
+        atomic_write_json(rd.path / "model.json", {**model_spec(method, model), "config_fingerprint": config_fingerprint(run_config(cfg))})
     train_tf, test_tf = build_transforms(transform_config(cfg), method.label_set)   # a flipped mask swaps left/right in its own label set
     if cfg.batch_size % world or (cfg.batch_size // world) % cfg.num_instances:
         raise ValueError(f"batch_size {cfg.batch_size} must split over {world} rank(s) into multiples of num_instances {cfg.num_instances}")
@@ -722,6 +734,8 @@ def finish(run: Run, log: list, total: int) -> dict:
             metrics["best_of_evaluated"] = best_of_evaluated(log, list(metrics["protocols"]), run.method.best_on)
         run.rd.write_metrics(metrics)
         atomic_torch_save(run.model.state_dict(), run.rd.path / "model.pt")
+        spec = json.loads((run.rd.path / "model.json").read_text())          # the weights this run wrote, for load_model's check
+        atomic_write_json(run.rd.path / "model.json", {**spec, "weights_sha256": file_sha256(run.rd.path / "model.pt")})
     _barrier()
     if run.world > 1: dist.destroy_process_group()
     return metrics

@@ -18,7 +18,8 @@ from tqdm import tqdm
 import reid_nb
 from .core import ConfigError, get_device, load_checkpoint
 from .data import _images, _open_image, get_label_set, mask_clothes, mask_path_for, read_mask, read_sample
-from .engine import METHODS, MODEL_FORMAT, Method, TrainConfig, load_methods, transform_config
+from .engine import (METHODS, MODEL_FORMAT, Method, TrainConfig, config_fingerprint, file_sha256, load_methods, run_config,
+                            transform_config)
 from .transforms import NORMS, PairTransform, TransformConfig
 
 # %% auto #0
@@ -55,6 +56,12 @@ def read_run(path: str | Path, spec: dict | None = None) -> tuple[TrainConfig, d
     try: cfg = TrainConfig.from_dict(cfg_dict, source=src)
     except ConfigError as e:
         raise ConfigError(f"{src} does not fit reid_nb {reid_nb.__version__}: the run was written by reid_nb {spec.get('reid_nb')} ({e})") from e
+    if "config_fingerprint" in spec and src == str(run / "config.json") and spec["config_fingerprint"] != config_fingerprint(run_config(cfg)):
+        raise ValueError(f"{run / 'config.json'} and {run / 'model.json'} come from different runs (config fingerprints differ): "
+                         f"the folder mixes two runs; retrain, or restore the run's own config.json")
+    if "weights_sha256" in spec and weights == run / "model.pt" and file_sha256(weights) != spec["weights_sha256"]:
+        raise ValueError(f"{weights} is not the model this run wrote (its hash differs from {run / 'model.json'}): the folder mixes "
+                         f"two runs; retrain, or restore the run's own model.pt")
     if spec.get("reid_nb") != reid_nb.__version__:
         warnings.warn(f"{run} was trained with reid_nb {spec.get('reid_nb')}; this is {reid_nb.__version__}")
     return cfg, spec, state, weights

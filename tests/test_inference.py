@@ -240,3 +240,16 @@ def test_cli_user_mistakes_are_one_line_errors(runs, tmp_path, capsys):
     d = dict(np.load(tmp_path / "g.npz")); meta = json.loads(str(d["meta"])); meta["weights"] = str(tmp_path / "gone" / "model.pt")
     d["meta"] = np.array(json.dumps(meta)); np.savez(tmp_path / "moved.npz", **d)
     one_line(search_main, [str(tmp_path / "moved.npz"), str(list_images(test / "B")[0])], r"^reid-search: .*gone/model.pt.*--run RUN")
+
+def test_load_model_refuses_a_folder_mixing_two_runs(runs, tmp_path):
+    "model.json records the run's config fingerprint and model.pt's hash: another run's config.json or model.pt is refused."
+    src = runs / "runs" / "baseline"
+    a = tmp_path / "a"; shutil.copytree(src, a)
+    load_model(a, device="cpu")                                                   # the run itself loads
+    cfg = json.loads((a / "config.json").read_text()); cfg["image_size"] = [32, 16]
+    (a / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="come from different runs"): load_model(a, device="cpu")
+    b = tmp_path / "b"; shutil.copytree(src, b)
+    sd = load_checkpoint(b / "model.pt"); sd = {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}
+    torch.save(sd, b / "model.pt")                                                # weights of another training
+    with pytest.raises(ValueError, match="not the model this run wrote"): load_model(b, device="cpu")
