@@ -16,8 +16,9 @@ from .core import ConfigError, atomic_write_json, atomic_write_text, user_errors
 from .report import t975
 
 # %% auto #0
-__all__ = ['Study', 'load_study', 'merge', 'StudyRun', 'study_runs', 'run_config_of', 'metric_value', 'paired', 'verdict',
-           'summarise', 'summary_markdown', 'claims_markdown', 'plot_study', 'results_row', 'run_study', 'study_main']
+__all__ = ['Study', 'load_study', 'merge', 'StudyRun', 'study_runs', 'run_config_of', 'metric_value', 'log_ends', 'paired',
+           'verdict', 'summarise', 'summary_markdown', 'claims_markdown', 'plot_study', 'results_row', 'run_study',
+           'study_main']
 
 # %% ../nbs/20_study.ipynb #fe0be9bc
 @dataclass
@@ -128,8 +129,17 @@ def metric_value(metrics: dict, path: str) -> float | None:
     scale = 100.0 if re.fullmatch(r"mAP|mINP|(.*_)?R\d+", path.split(".")[-1]) else 1.0     # retrieval metrics in %, probes as fractions
     return float(v) * scale
 
+def log_ends(path: Path) -> dict:
+    "{column: {'first', 'last'}} of a run's log.csv's numeric columns (their first and last logged values): metric paths 'log.<col>.last'."
+    if not path.is_file(): return {}
+    d = pd.read_csv(path)
+    out = {c: {"first": float(s.iloc[0]), "last": float(s.iloc[-1])} for c in d.columns
+           if pd.api.types.is_numeric_dtype(d[c]) and len(s := d[c].dropna())}
+    if "seconds" in d: out["seconds"]["sum"] = float(d["seconds"].sum())              # the run's training time (evaluations aside)
+    return out
+
 def _train_one(args) -> dict:
-    "One run in a worker process: train (or reuse), return its row."
+    "One run in a worker process: train (or reuse), return its metrics (and the ends of its log, under 'log')."
     cfg_dict, threads = args
     import torch
     from reid_nb.engine import TrainConfig, fit, run_config
@@ -139,11 +149,10 @@ def _train_one(args) -> dict:
     done = rd / "metrics.json"
     where = lambda d: {k: v for k, v in d.items() if k not in ("out_dir", "data_root")}    # the same run, wherever it lies
     if done.is_file() and (rd / "config.json").is_file() and where(json.loads((rd / "config.json").read_text())) == where(run_config(cfg)):
-        return json.loads(done.read_text())
+        return {**json.loads(done.read_text()), "log": log_ends(rd / "log.csv")}
     t = time.time()
     m = fit(cfg.replace(overwrite=True))
-    m["seconds"] = time.time() - t
-    return m
+    return {**m, "seconds": time.time() - t, "log": log_ends(rd / "log.csv")}
 
 # %% ../nbs/20_study.ipynb #a5536ae1
 def paired(a: np.ndarray, b: np.ndarray) -> dict:
@@ -223,25 +232,28 @@ def plot_study(rows: pd.DataFrame, s: Study, metrics: list | None = None):
     axes = list(s.axes)
     x = axes[0] if axes else "variant"
     cols = list(s.axes[axes[1]]) if len(axes) > 1 else [None]
-    fig, grid = plt.subplots(len(metrics), len(cols), figsize=(3.6 * len(cols) + 1.5, 2.6 * len(metrics)), squeeze=False)
+    wrap = 3 if cols == [None] else 1                                  # one axis: the metrics side by side, three to a row
+    nr, nc = math.ceil(len(metrics) / wrap), len(cols) * wrap
+    fig, grid = plt.subplots(nr, nc, figsize=(3.6 * nc + 1.5, 2.6 * nr), squeeze=False)
+    for a in grid.flat[len(metrics) * len(cols):]: a.axis("off")
     for i, m in enumerate(metrics):
         for j, col in enumerate(cols):
             d = rows if col is None else rows[rows[axes[1]] == col]
-            ax = grid[i, j]
+            ax = grid[i // wrap, (i % wrap) * len(cols) + j]
             sns.pointplot(data=d, x=x, y=m, hue="variant", order=list(s.axes[x]) if axes else None, hue_order=list(s.variants),
-                          errorbar=_t_interval, dodge=0.3, ax=ax, legend=(i == 0 and j == len(cols) - 1))
+                          errorbar=_t_interval, dodge=0.3, ax=ax, legend=(i == 0 and j == 0))
             ch = m.rsplit(".", 1)[0] + ".chance"
             if ch in d and d[ch].notna().any(): ax.axhline(d[ch].mean(), ls=":", c="k", lw=1)
             ax.set_title(m if col is None else f"{m} — {axes[1]} {col}", fontsize=9); ax.set_ylabel("")
-    if grid[0, -1].get_legend(): sns.move_legend(grid[0, -1], "upper left", bbox_to_anchor=(1, 1), fontsize=8)
+    if grid[0, 0].get_legend(): sns.move_legend(grid[0, 0], "lower left", bbox_to_anchor=(0, 1.12), ncol=len(s.variants), fontsize=8, title=None)
     fig.suptitle(f"{s.name}: mean over {len(s.seeds)} seeds, 95% t intervals (dotted: a probe's chance)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
 # %% ../nbs/20_study.ipynb #7d42d8d3
 def results_row(s: Study, r: StudyRun, m: dict) -> dict:
     return {**r.point, "variant": r.variant, "seed": r.seed, "run": r.name,
-            **{k: metric_value(m, k) for k in [s.primary, *s.metrics]}, "seconds": m.get("seconds")}
+            **{k: metric_value(m, k) for k in [s.primary, *s.metrics]}, "train_seconds": metric_value(m, "log.seconds.sum")}
 
 def run_study(s: Study, out: str | Path = "runs/studies", data_root: str | Path = "data", jobs: int = 1, only: list | None = None,
               runs_dir: str | Path | None = None) -> dict:
