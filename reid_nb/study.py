@@ -38,6 +38,7 @@ class Study:
     axes: dict = field(default_factory=dict)
     metrics: list = field(default_factory=list)
     threads: int = 1
+    claim_metrics: list = field(default_factory=list)   # metrics whose paired difference the claims quote beside the primary's
     scales: dict = field(default_factory=dict)
     source: str = ""
 
@@ -66,6 +67,8 @@ def load_study(path: str | Path, scale: str | None = None) -> Study:
     for ax, pts in s.axes.items():
         if not isinstance(pts, dict) or not pts: raise _bad(s.source, f"axis {ax!r} must map point names to overrides")
     if len(set(s.seeds)) != len(s.seeds): raise _bad(s.source, f"seeds repeat: {s.seeds}")
+    undeclared = [m for m in s.claim_metrics if m not in s.metrics]
+    if undeclared: raise _bad(s.source, f"claim_metrics {undeclared} are not among the declared metrics")
     if scale is not None:
         if scale not in s.scales: raise _bad(s.source, f"no scale {scale!r}; declared: {list(s.scales)}")
         sc = s.scales[scale]
@@ -192,8 +195,8 @@ def summarise(s: Study, rows: pd.DataFrame) -> dict:
     return {"study": s.name, "primary": s.primary, "axes": {a: list(p) for a, p in s.axes.items()}, "groups": groups, "comparisons": comps}
 
 # %% ../nbs/20_study.ipynb #cc5892c8
-def _fmt_p(p: dict, unit: str = "") -> str:
-    return f"{p['diff']:+.1f}{unit} [{p['low']:+.1f}, {p['high']:+.1f}], {p['wins']}/{p['n']} wins"
+def _fmt_p(p: dict, unit: str = "", digits: int = 1) -> str:
+    return f"{p['diff']:+.{digits}f}{unit} [{p['low']:+.{digits}f}, {p['high']:+.{digits}f}], {p['wins']}/{p['n']} wins"
 
 def summary_markdown(summ: dict, s: Study) -> str:
     "The summary as markdown tables: per point the variants' mean ± std (n), then the comparisons with their verdicts."
@@ -217,7 +220,8 @@ def claims_markdown(summ: dict, s: Study) -> str:
     for c in summ["comparisons"]:
         if s.primary not in c: continue
         where = ", ".join(f"{a} {c[a]}" for a in summ["axes"]) or "the study's setting"
-        out.append(f"- {where}: {c['comparison']}, {s.primary} {_fmt_p(c[s.primary], ' pt')} — **{c['verdict']}**")
+        more = "".join(f"; {m} {_fmt_p(c[m], '', 3 if abs(c[m]['diff']) < 1.5 else 1)}" for m in s.claim_metrics if m in c)
+        out.append(f"- {where}: {c['comparison']}, {s.primary} {_fmt_p(c[s.primary], ' pt')} — **{c['verdict']}**{more}")
     return f"{s.name} ({len(s.seeds)} seeds, {s.threads} thread(s) per run; 95% t intervals of the paired difference):\n\n" + "\n".join(out) + "\n"
 
 def _t_interval(x) -> tuple[float, float]:
