@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'seed_everything', 'seed_worker', 'get_device', 'is_distributed', 'atomic_path', 'user_errors',
-           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'load_checkpoint',
-           'ConfigError', 'Config', 'RunDir', 'make_run_dir', 'new_names', 'lock_status', 'provenance']
+__all__ = ['USER_ERRORS', 'seed_everything', 'seed_worker', 'get_device', 'is_distributed', 'atomic_path', 'UnreadableFileError',
+           'user_errors', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save',
+           'load_checkpoint', 'ConfigError', 'Config', 'RunDir', 'make_run_dir', 'new_names', 'lock_status',
+           'provenance']
 
 # %% ../nbs/00_core.ipynb #5
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
@@ -91,7 +92,11 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp): os.unlink(tmp)
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
+class UnreadableFileError(OSError):
+    "A file that exists but cannot be read as what it should be (a truncated or corrupt image): the user's data, not a bug."
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError,
+               UnreadableFileError)
 
 @contextlib.contextmanager
 def user_errors(prog: str, debug: bool = False):

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .core import UnreadableFileError
+
 # %% auto #0
 __all__ = ['EXPECTED_COUNTS', 'IMG_EXTS', 'LIP', 'ATR', 'LABEL_SETS', 'DATASETS', 'PRCC_LAYOUT', 'LTCC_LAYOUT', 'MSMT_LAYOUT',
            'MSMT_VERSIONS', 'MSMT_LISTS', 'FOLDER_LAYOUT', 'Sample', 'Protocol', 'ReIDData', 'DatasetLayoutError',
@@ -231,7 +233,7 @@ def _open_image(path: str | Path) -> Image.Image:
             return im.convert("RGB")
     except FileNotFoundError: raise FileNotFoundError(f"image {path} does not exist")
     except Exception as e:
-        raise OSError(f"image {path} could not be read as an image ({type(e).__name__}: {e})") from e
+        raise UnreadableFileError(f"image {path} could not be read as an image ({type(e).__name__}: {e})") from e
 
 def read_sample(image: str | Path, mask: str | Path | None = None, label_set: str | LabelSet = "lip") -> tuple[Image.Image, np.ndarray | None]:
     "An image file as RGB and its parsing mask (checked against the image's size and `label_set`): the one reader of every data path."
@@ -298,7 +300,13 @@ def load_dataset(name: str, root: str | Path = "data", masks: bool | None = None
     if name not in DATASETS and name.startswith("synth-"): import reid_nb.synth  # noqa: F401  (registers the synth-* datasets)
     if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     ls = get_label_set(label_set)
-    if "label_set" in inspect.signature(DATASETS[name]).parameters: opts["label_set"] = ls.name   # a generator writes that set
+    params = inspect.signature(DATASETS[name]).parameters
+    if "label_set" in params: opts["label_set"] = ls.name         # a generator writes that set
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in opts if k not in params and not takes_any]
+    if unknown:
+        known = [k for k in params if k not in ("root", "label_set")] + ["masks", "missing_masks", "label_set", "verify", "skip_unreadable"]
+        raise ValueError(f"dataset {name!r} takes no option(s) {unknown} (dataset_opts); its options: {known}")
     data = DATASETS[name](root, **opts)
     data = _attach_masks(data, masks, missing_masks, ls)
     if verify: data = _verify(data, skip_unreadable, ls)
