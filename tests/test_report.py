@@ -22,3 +22,5 @@ def test_report_notebook(tmp_path):
     pngs = {f.name for f in out.glob("*.png")}
     assert {"cmc.png", "camera-probe.png", "gradcam.png", "ifd-attention.png", "ifd-ranks.png", "ifd-embedding.png", "base-curves.png"} <= pngs
     assert "ifd-base-attention.png" not in pngs and "base-attention.png" not in pngs   # W_I exists only with IKT
+    assert "Mechanism probes" in md and "camera probe (acc / chance)" in md       # every run's probes, in a table
+    assert {"study-ifd-budget.png", "study-ccafl-budget.png"} <= pngs               # the committed studies' curves join the report
