@@ -52,11 +52,14 @@ CASES = {   # name -> (command given the lab folder, what the one-line error say
     "search features of another size": (lambda t: ("reid-search", t / "g.npz", t / "g16.npz"), "embedded by different models"),
     "evaluate features without identities": (lambda t: ("reid-eval", t / "g.npz", t / "anon.npz"), "needs every image's pid"),
     "load a folder that is not a run": (lambda t: ("reid-export", t / "data", "-o", t / "m.onnx"), "no model.pt"),
+    "load a killed run (no model.pt yet)": (lambda t: ("reid-embed", t / "killed", t / "empty", "-o", t / "k.npz"), "last checkpoint"),
 }
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_refused_and_changes_nothing(lab, case):
     (lab / "empty").mkdir(exist_ok=True)
+    if not (lab / "killed").exists():                                             # what a run killed before its end leaves
+        shutil.copytree(lab / "runs" / "mine", lab / "killed"); (lab / "killed" / "model.pt").unlink()
     (lab / "corrupt").mkdir(exist_ok=True); (lab / "corrupt" / "bad.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     g = read_features(lab / "g.npz")
     if not (lab / "g16.npz").exists():                                            # the same file embedded by a 16-d model
