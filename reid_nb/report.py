@@ -14,7 +14,7 @@ import pandas as pd
 # %% auto #0
 __all__ = ['IFD_TABLE1', 'IFD_TABLE2', 'CCAFL_TABLE1', 'CCAFL_ABLATION', 'IFD_COLUMNS', 'CCAFL_COLUMNS', 'SYNTH', 'BEST_ROW',
            'BEST_NOTE', 'Run', 'collect_runs', 'find_run', 'Table', 'ifd_table1', 'ifd_table2', 'ccafl_table1',
-           'ccafl_ablation', 'runs_table', 'mechanism_table', 't975', 'study_summary']
+           'ccafl_ablation', 'runs_table', 'mechanism_table']
 
 # %% ../nbs/11_report.ipynb #5
 IFD_TABLE1 = {  # (R1, mAP) per column
@@ -232,26 +232,3 @@ def mechanism_table(runs: list[Run]) -> Table:
                         "same-camera R1": pct(split.get("same_camera_R1")), "cross-camera R1": pct(split.get("cross_camera_R1"))}
     return Table("Mechanism probes — what the features still know of camera and outfit (lower = more invariant)",
                  pd.DataFrame(rows).T, ["probes: reid_nb.probes (logistic regression, folds by identity; chance: the majority class)"])
-
-# %% ../nbs/11_report.ipynb #ad04715d
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110,
-         2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]   # t quantile 0.975, df 1..30
-
-def t975(df: int) -> float: return _T975[df - 1] if df <= 30 else 1.96 + 2.4 / df     # the tail: within 0.005 of the exact value
-
-def study_summary(values: dict[str, dict], base: str) -> pd.DataFrame:
-    "values[variant][seed] = metric -> per variant: mean, std, n, and vs `base`: paired mean difference, 95% interval, wins."
-    rows = {}
-    for v, by_seed in values.items():
-        x = np.array(list(by_seed.values()), float)
-        row = {"mean": x.mean(), "std": x.std(ddof=1) if len(x) > 1 else np.nan, "n": len(x)}
-        common = [s for s in by_seed if s in values[base]]
-        if v != base and common:
-            d = np.array([by_seed[s] - values[base][s] for s in common], float)
-            half = t975(len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.nan
-            row.update({f"diff vs {base}": d.mean(), "ci95 low": d.mean() - half, "ci95 high": d.mean() + half,
-                        "wins": f"{int((d > 0).sum())}/{len(d)}"})
-        rows[v] = row
-    df = pd.DataFrame(rows).T
-    df["n"] = df["n"].astype(int)
-    return df

@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_study.ipynb #ee78815c
 from __future__ import annotations
-import argparse, copy, itertools, json, math, os, re, time
+import argparse, copy, itertools, json, math, re, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,12 +13,12 @@ import pandas as pd
 import yaml
 
 from .core import ConfigError, atomic_write_json, atomic_write_text, user_errors
-from .report import t975
+
 
 # %% auto #0
-__all__ = ['Study', 'load_study', 'merge', 'StudyRun', 'study_runs', 'run_config_of', 'metric_value', 'log_ends', 'paired',
-           'verdict', 'summarise', 'summary_markdown', 'claims_markdown', 'plot_study', 'results_row', 'run_study',
-           'study_main']
+__all__ = ['Study', 'load_study', 'merge', 'StudyRun', 'study_runs', 'run_config_of', 'metric_value', 'log_ends', 't975',
+           'paired', 'verdict', 'summarise', 'summary_markdown', 'claims_markdown', 'plot_study', 'results_row',
+           'run_study', 'study_main']
 
 # %% ../nbs/20_study.ipynb #fe0be9bc
 @dataclass
@@ -158,6 +158,11 @@ def _train_one(args) -> dict:
     return {**m, "seconds": time.time() - t, "log": log_ends(rd / "log.csv")}
 
 # %% ../nbs/20_study.ipynb #a5536ae1
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110,
+         2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]   # t quantile 0.975, df 1..30
+
+def t975(df: int) -> float: return _T975[df - 1] if df <= 30 else 1.96 + 2.4 / df     # the tail: within 0.005 of the exact value
+
 def paired(a: np.ndarray, b: np.ndarray) -> dict:
     "Paired difference a - b: mean, 95% t interval, wins of a, n."
     d = np.asarray(a, float) - np.asarray(b, float)
