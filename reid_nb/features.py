@@ -11,7 +11,8 @@ import numpy as np
 from tqdm import tqdm
 
 import reid_nb
-from .core import atomic_path, user_errors
+from .core import UnreadableFileError, atomic_path, user_errors
+from .engine import file_sha256
 from .data import IMG_EXTS, _CAMS, _LTCC_RE
 from .inference import Embedder, list_images, load_model
 
@@ -43,11 +44,7 @@ def parse_ids(path: str | Path, root: str | Path | None = None) -> tuple[int, in
 # %% ../nbs/16_features.ipynb #0a18d26a
 def fingerprint(emb: Embedder) -> str:
     "What makes two feature files comparable: the weights file's content, the flip setting and the input size."
-    import hashlib
-    h = hashlib.sha256()
-    with open(emb.weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return f"{h.hexdigest()[:16]}-flip{int(emb.net.flip)}-{emb.size[0]}x{emb.size[1]}"
+    return f"{file_sha256(emb.weights)[:16]}-flip{int(emb.net.flip)}-{emb.size[0]}x{emb.size[1]}"
 
 def _atomic_savez(path: Path, **arrays) -> Path:
     "np.savez to a temporary file beside `path`, fsync, rename: a reader never sees half a file."
@@ -71,6 +68,11 @@ def _stamp(f: Path) -> tuple[str, int, int]:
     "What identifies an image file's content cheaply: absolute path, size, modification time (ns)."
     st = f.stat()
     return str(f.absolute()), st.st_size, st.st_mtime_ns
+
+def _stamp_arrays(stamps: list) -> dict:
+    "The stamps as the feature file's arrays: abspaths, sizes, mtimes (one row per feature)."
+    return {"abspaths": np.array([s[0] for s in stamps]), "sizes": np.array([s[1] for s in stamps], np.int64),
+            "mtimes": np.array([s[2] for s in stamps], np.int64)}
 
 def _stored(d: dict):
     "(stamp, feature) pairs of a feature file or chunk; files from before stamps give none (so nothing of them is reused)."
@@ -119,13 +121,12 @@ def embed_folder(emb: Embedder, folder: str | Path, out: str | Path, chunk: int 
             feats.append(f); kept += [b[o] for o in ok]; bar.update(len(b))
         f, idx = np.concatenate(feats), kept
         st = [stamps[t] for t in idx]
-        _atomic_savez(parts / f"chunk-{first + k:06d}.npz", features=f, paths=np.array([rels[t] for t in idx]),
-                      abspaths=np.array([s[0] for s in st]), sizes=np.array([s[1] for s in st], np.int64),
-                      mtimes=np.array([s[2] for s in st], np.int64), meta=np.array(json.dumps({"fingerprint": fp})))
+        _atomic_savez(parts / f"chunk-{first + k:06d}.npz", features=f, paths=np.array([rels[t] for t in idx]), **_stamp_arrays(st),
+                      meta=np.array(json.dumps({"fingerprint": fp})))
         done.update(zip(st, f))
     bar.close()
     keep = [i for i, s in enumerate(stamps) if s in done]
-    if not keep: raise OSError(f"no image below {folder} could be read ({len(bad)} unreadable, e.g. {bad[0] if bad else '-'})")
+    if not keep: raise UnreadableFileError(f"no image below {folder} could be read ({len(bad)} unreadable, e.g. {bad[0] if bad else '-'})")
     files, rels, stamps = [files[i] for i in keep], [rels[i] for i in keep], [stamps[i] for i in keep]
     parsed = [parse_ids(r, root=folder) for r in rels]
     ids = np.array([x[:3] for x in parsed], dtype=np.int64).reshape(-1, 3)
@@ -135,9 +136,7 @@ def embed_folder(emb: Embedder, folder: str | Path, out: str | Path, chunk: int 
             "image_size": list(emb.size), "reid_nb": reid_nb.__version__, "layouts": sorted({x[3] for x in parsed} - {""}),
             "skipped": bad}
     _atomic_savez(out, features=np.stack([done[s] for s in stamps]).astype(np.float32), paths=np.array(rels), pid=ids[:, 0],
-                  camid=ids[:, 1], clothes=ids[:, 2], abspaths=np.array([s[0] for s in stamps]),
-                  sizes=np.array([s[1] for s in stamps], np.int64), mtimes=np.array([s[2] for s in stamps], np.int64),
-                  meta=np.array(json.dumps(meta)))
+                  camid=ids[:, 1], clothes=ids[:, 2], **_stamp_arrays(stamps), meta=np.array(json.dumps(meta)))
     shutil.rmtree(parts, ignore_errors=True)
     return out
 
