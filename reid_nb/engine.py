@@ -531,8 +531,7 @@ def _decode_caches(cfg: TrainConfig, data: ReIDData, method: Method, train_tf, r
     method.train_cache = cache                                      # CCAFL's passes over the training set read it too
     decoded = None
     if rank == 0:                                                   # the evaluated lists, for every evaluation
-        lists = {id(l): l for p in data.protocols.values() for l in (p.query, p.gallery)}
-        decoded = {k: build(l) for k, l in lists.items()}
+        decoded = {id(l): build(l) for l in evaluated_lists(data)}
     if cfg.cache_on_device and device.type != "cpu":                # resident on the GPU: no host copy or transfer per batch
         cache = cache.to(device); method.train_cache = cache
         decoded = None if decoded is None else {k: c.to(device) for k, c in decoded.items()}

@@ -80,25 +80,27 @@ def outfit_probe(feats, pids, clothes, k: int = 5, seed: int = 0, max_pairs: int
     return linear_probe(x, pr[:, 2], identity_folds(np.asarray(pids)[pr[:, 0]], k, seed), normalize=False, **kw)   # |f_a - f_b|: its size is the signal
 
 # %% ../nbs/19_probes.ipynb #5b3b3b0a
-def camera_split_r1(qf, gf, q_pids, g_pids, q_cams, g_cams, q_paths=None, g_paths=None) -> dict:
+def camera_split_r1(qf, gf, q_pids, g_pids, q_cams, g_cams, q_paths=None, g_paths=None, block: int = 1024) -> dict:
     "Rank-1 with the gallery cut to the query's camera ('same_camera_R1') and to the other cameras ('cross_camera_R1'), each over\n"
-    "the queries that have a match there (counts beside). The query's own image (same path) is never its match."
+    "the queries that have a match there (counts beside). The query's own image (same path) is never its match. Queries in\n"
+    "blocks of `block` rows: a (block, gallery) distance matrix at a time, whatever the dataset's size."
     qf, gf = F.normalize(torch.as_tensor(qf).float(), dim=1), F.normalize(torch.as_tensor(gf).float(), dim=1)
     qp, gp, qc, gc = (torch.as_tensor(np.asarray(a)) for a in (q_pids, g_pids, q_cams, g_cams))
-    d = 1 - qf @ gf.T
-    if q_paths is not None and g_paths is not None:
-        pos = {p: i for i, p in enumerate(g_paths)}
-        for i, p in enumerate(q_paths):
+    pos = {p: i for i, p in enumerate(g_paths)} if q_paths is not None and g_paths is not None else {}
+    hits, has = {"same_camera": 0, "cross_camera": 0}, {"same_camera": 0, "cross_camera": 0}
+    for s in range(0, len(qf), block):
+        d = 1 - qf[s:s + block] @ gf.T
+        for i, p in enumerate(q_paths[s:s + block] if pos else []):
             if p in pos: d[i, pos[p]] = float("inf")
+        q_p, q_c = qp[s:s + block], qc[s:s + block]
+        for name, keep in (("same_camera", q_c[:, None] == gc[None]), ("cross_camera", q_c[:, None] != gc[None])):
+            dd = d.masked_fill(~keep, float("inf"))
+            h = ((q_p[:, None] == gp[None]) & keep & torch.isfinite(dd)).any(1)
+            hits[name] += int(((gp[dd.argmin(1)] == q_p) & h).sum()); has[name] += int(h.sum())
     out = {}
-    for name, keep in (("same_camera", qc[:, None] == gc[None]), ("cross_camera", qc[:, None] != gc[None])):
-        dd = d.masked_fill(~keep, float("inf"))
-        match = (qp[:, None] == gp[None]) & keep & torch.isfinite(dd)
-        has = match.any(1)
-        top = dd.argmin(1)
-        hit = (gp[top] == qp) & has
-        out[f"{name}_R1"] = float(hit.sum() / has.sum()) if has.any() else None
-        out[f"{name}_queries"] = int(has.sum())
+    for name in hits:
+        out[f"{name}_R1"] = hits[name] / has[name] if has[name] else None
+        out[f"{name}_queries"] = has[name]
     return out
 
 # %% ../nbs/19_probes.ipynb #5499e229
