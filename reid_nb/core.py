@@ -15,8 +15,8 @@ import torch
 # %% auto #0
 __all__ = ['USER_ERRORS', 'seed_everything', 'seed_worker', 'get_device', 'is_distributed', 'atomic_path', 'UnreadableFileError',
            'user_errors', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save',
-           'load_checkpoint', 'ConfigError', 'Config', 'RunDir', 'make_run_dir', 'new_names', 'lock_status',
-           'provenance']
+           'file_sha256', 'load_checkpoint', 'ConfigError', 'Config', 'RunDir', 'make_run_dir', 'new_names',
+           'lock_status', 'provenance']
 
 # %% ../nbs/00_core.ipynb #5
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
@@ -133,6 +133,14 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+def file_sha256(path: str | os.PathLike) -> str:
+    "Hex SHA-256 of a file, read in 1 MiB blocks."
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     "`torch.load` with `weights_only=True`, and errors that name the file and what was expected."

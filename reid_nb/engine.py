@@ -15,8 +15,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from .core import (Config, ConfigError, RunDir, atomic_torch_save, atomic_write_json, atomic_write_text, get_device, load_checkpoint,
-                          is_distributed, make_run_dir, provenance, seed_everything, seed_worker, user_errors)
+from .core import (Config, ConfigError, RunDir, atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, get_device,
+                          load_checkpoint, is_distributed, make_run_dir, provenance, seed_everything, seed_worker, user_errors)
 from .data import DATASETS, ImageDataset, ReIDData, load_dataset
 import reid_nb.synth  # noqa: F401  (registers the synth-* datasets)
 from .metrics import evaluate, evaluate_single_shot
@@ -29,10 +29,10 @@ __all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'RUN_OUTPUTS', 'TrainCon
            'Method', 'load_methods', 'register_method', 'build_optimizer', 'lr_factor', 'stage_optimizer',
            'extract_features', 'EvalFeatures', 'evaluated_lists', 'evaluate_protocols', 'write_log',
            'best_of_evaluated', 'GlobalBatchNorm', 'convert_sync_bn', 'resolve_amp', 'resolve_memory_format',
-           'transform_config', 'model_spec', 'load_data', 'train_batches', 'Run', 'config_fingerprint', 'file_sha256',
-           'run_config', 'same_run', 'claim_run_dir', 'prepare_run', 'Schedule', 'restore', 'train_epoch', 'precise_bn',
-           'settle_bn', 'evaluation_row', 'checkpoint_state', 'format_row', 'end_epoch', 'mechanism_row', 'finish',
-           'fit', 'parse_sets', 'main', 'make_config']
+           'transform_config', 'model_spec', 'load_data', 'train_batches', 'Run', 'config_fingerprint', 'run_config',
+           'same_run', 'claim_run_dir', 'prepare_run', 'Schedule', 'restore', 'train_epoch', 'precise_bn', 'settle_bn',
+           'evaluation_row', 'checkpoint_state', 'format_row', 'end_epoch', 'mechanism_row', 'finish', 'fit',
+           'parse_sets', 'main', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -407,8 +407,9 @@ def _autocast(amp: str, device: torch.device):
 
 # %% ../nbs/08_engine.ipynb #20
 def transform_config(cfg: TrainConfig) -> TransformConfig:
-    "The input pipeline of a run: its image size, CLIP's normalisation for CLIP backbones (ImageNet's otherwise), `transform_opts`."
-    norm = "clip" if cfg.backbone.startswith(("ViT", "RN", "reid-tiny")) else "imagenet"
+    "The input pipeline of a run: its image size, the normalisation its backbone's weights expect (`backbone_norm`), `transform_opts`."
+    from reid_nb.backbones import backbone_norm
+    norm = backbone_norm(cfg.backbone)
     if {"size", "norm"} & set(cfg.transform_opts):
         raise ValueError(f"transform_opts {sorted(cfg.transform_opts)}: the size comes from image_size and the normalisation from the backbone")
     return TransformConfig.from_dict({**cfg.transform_opts, "size": tuple(cfg.image_size), "norm": norm}, source="transform_opts")
@@ -484,13 +485,6 @@ def config_fingerprint(cfg_dict: dict) -> str:
     "What ties model.json (and so model.pt) to its config.json: a hash of the run config, recorded at the start of every run."
     import hashlib
     return hashlib.sha256(json.dumps(cfg_dict, sort_keys=True).encode()).hexdigest()[:16]
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
 
 def run_config(cfg: TrainConfig) -> dict:
     "The config a run folder and its checkpoints record: how it was started (resume, overwrite) is not part of what it is."

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import Config
-from .backbones import ResNetTrunk
+from .backbones import build_trunk
 from .data import ImageDataset, clothes_mask, get_label_set
 from fastcore.basics import patch
 from .engine import Method, Stage, TrainConfig, register_method
@@ -52,11 +52,11 @@ class IFDNet(nn.Module):
         if variant not in VARIANTS: raise ValueError(f"IFD variant {variant!r} is not one of {list(VARIANTS)}")
         self.variant, self.label_set = variant, get_label_set(label_set)
         self.ikt, self.cbd, self.contrastive = VARIANTS[variant]
-        self.main = ResNetTrunk(arch, weights)
+        self.main = build_trunk(arch, weights)
         d = self.main.out_dim
         self.bn_rg, self.cls_m = _bnneck(d), nn.Linear(d, num_classes, bias=False)
         if self.ikt:
-            self.attn = ResNetTrunk(arch, weights)
+            self.attn = build_trunk(arch, weights)
             self.sa = SpatialAttention(kernel_size)
             self.bn_a, self.cls_a = _bnneck(d), nn.Linear(d, num_classes, bias=False)
         if self.cbd: self.bn_c = _bnneck(d)

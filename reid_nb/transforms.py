@@ -25,6 +25,7 @@ __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'NORMS', 'C
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD),
+         "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),      # TF-trained timm weights (EfficientNet-Lite: (x*255-127)/128)
          "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}     # RGB in [0, 1]: for models that normalise inside (reid_nb.inference)
 
 @dataclass
