@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['VARIANT_SWITCHES', 'AUTHORS_CLASSES', 'PromptLearner', 'prompt_tokens', 'CameraMemory', 'icdl_loss', 'associate',
-           'association_precision', 'association_recall', 'ical_target', 'ical_logits', 'ical_adversarial_loss',
-           'CCAFLNet', 'CCAFLOpts', 'ccafl_paper_preset', 'CCAFL', 'prompt_lr']
+           'true_association', 'association_precision', 'association_recall', 'ical_target', 'ical_logits',
+           'ical_adversarial_loss', 'CCAFLNet', 'CCAFLOpts', 'ccafl_paper_preset', 'CCAFL', 'prompt_lr']
 
 # %% ../nbs/13_ccafl.ipynb #5
 class PromptLearner(nn.Module):
@@ -132,6 +132,15 @@ def associate(class_feats: torch.Tensor, class_cams: torch.Tensor, rate: float =
     lab = {r: k for k, r in enumerate(big)}
     return np.array([lab.get(r, -1) for r in roots]), links
 
+def true_association(class_true_pid, class_cams) -> tuple[np.ndarray, list]:
+    "`associate`'s output from the true identities (the oracle arm): one pseudo identity per person seen in >= 2 cameras\n"
+    "(-1 for the others, as singletons), links chaining each person's classes."
+    t, cams = np.asarray(class_true_pid), np.asarray(class_cams)
+    multi = sorted(p for p in np.unique(t) if len(np.unique(cams[t == p])) > 1)
+    lab = {p: k for k, p in enumerate(multi)}
+    links = [(int(a), int(b)) for p in multi for a, b in zip(np.flatnonzero(t == p)[:-1], np.flatnonzero(t == p)[1:])]
+    return np.array([lab.get(p, -1) for p in t]), links
+
 def association_precision(links: list, class_true_pid) -> float:
     "Fraction of accepted links joining two classes of the same true identity (for logging only)."
     t = np.asarray(class_true_pid)
@@ -171,7 +180,7 @@ def ical_adversarial_loss(cos: torch.Tensor, own: torch.Tensor, pos_mask: torch.
 # %% ../nbs/13_ccafl.ipynb #18
 from dataclasses import dataclass
 from .core import Config, is_distributed
-from .backbones import GeM, build_clip
+from .backbones import GeM, backbone_norm, build_clip, build_trunk
 from .data import intra_camera_labels
 import torch.distributed as dist
 from fastcore.basics import patch
@@ -182,25 +191,31 @@ from .samplers import CameraAwareSampler, ClassUniformSampler
 import warnings
 
 class CCAFLNet(nn.Module):
-    "CLIP image tower + GeM/BN retrieval head + prompts + the ICAL classifier."
+    "CLIP image tower + GeM/BN retrieval head + prompts + the ICAL classifier. A non-CLIP backbone (an ImageNet trunk,\n"
+    "`build_trunk`) gives CCAFL's image side alone: no text tower, no prompts (`has_text` False)."
     def __init__(self, clip_name: str, weights: str | None, image_size, n_cls: int, n_ctx: int = 4, prompt_offset: int = 1):
         super().__init__()
-        self.clip = build_clip(clip_name, weights, tuple(image_size))
-        v = self.clip.visual
-        self.is_rn = hasattr(v, "attnpool")
-        dim = v.layer4[-1].conv3.out_channels if self.is_rn else v.conv1.out_channels
+        self.has_text = backbone_norm(clip_name) == "clip"
+        if self.has_text:
+            self.clip = build_clip(clip_name, weights, tuple(image_size))
+            v = self.clip.visual
+            self.is_rn = hasattr(v, "attnpool")
+            dim = v.layer4[-1].conv3.out_channels if self.is_rn else v.conv1.out_channels
+        else: self.trunk, self.is_rn = build_trunk(clip_name, weights), False; dim = self.trunk.out_dim
         self.gem, self.bn = GeM(), nn.BatchNorm1d(dim)
         self.bn.bias.requires_grad_(False)
-        self.prompts = PromptLearner(self.clip, n_cls, n_ctx, offset=prompt_offset)
+        if self.has_text: self.prompts = PromptLearner(self.clip, n_cls, n_ctx, offset=prompt_offset)
         self.ical = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_cls, dim)))   # the authors' NormalizedClassifier init
         self.id_head = nn.Linear(dim, n_cls, bias=False)           # the ICS baseline's per-camera classifier
-        self.register_buffer("class_text", torch.zeros(n_cls, self.clip.text_projection.shape[-1]))
-        self.register_buffer("prompts_done", torch.tensor(False))
+        self.register_buffer("class_text", torch.zeros(n_cls, self.clip.text_projection.shape[-1] if self.has_text else 0))
+        self.register_buffer("prompts_done", torch.tensor(not self.has_text))
 
-    def visual_params(self): return [*self.clip.visual.parameters(), *self.gem.parameters(), *self.bn.parameters()]
+    def visual_params(self):
+        return [*(self.clip.visual if self.has_text else self.trunk).parameters(), *self.gem.parameters(), *self.bn.parameters()]
 
-    def encode(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        "(retrieval feature before BN, projected feature for the image-text losses)."
+    def encode(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        "(retrieval feature before BN, projected feature for the image-text losses; None without a text tower)."
+        if not self.has_text: return self.gem(self.trunk(img)), None
         v = self.clip.visual
         if self.is_rn:
             fmap = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(img)))))   # (B, C, H/16, W/16)
@@ -212,7 +227,7 @@ class CCAFLNet(nn.Module):
     def forward(self, img: torch.Tensor) -> dict:
         feat, proj = self.encode(img)
         out = {"feat": feat, "bn": self.bn(feat)}
-        if self.training: out["proj"] = proj
+        if self.training and proj is not None: out["proj"] = proj
         return out
 
 # %% ../nbs/13_ccafl.ipynb #6678d5d8
@@ -242,6 +257,8 @@ class CCAFLOpts(Config):
     text_logits: str = "dot"          # dot: raw dot products of CLIP's features (authors) | cosine: logit_scale * cosine (CLIP)
     text_smoothing: float = 0.1       # label smoothing of the image-to-text CE in stages 2-3 (authors)
     text_smoothing_classes: int | None = None   # the cluster-text CE's K in eps/K: None, the cluster count (intended) | 4821 (authors')
+    oracle_association: bool = False  # headroom arm, not the method: stage 3 joins classes by their *true* identity (the ceiling
+                                      # any association can reach; ground truth is otherwise only logged)
     sampler: str = "pk"               # pk: P x K chunks (torchreid) | uniform: each class once per pass (the authors', paper preset)
                                       # | camera: cameras round-robin
 
@@ -279,6 +296,10 @@ class CCAFL(Method):
         if self.opts.text_logits not in ("dot", "cosine"): raise ValueError(f"text_logits={self.opts.text_logits!r} is not 'dot' or 'cosine'")
         if self.opts.sampler not in ("pk", "uniform", "camera"): raise ValueError(f"sampler={self.opts.sampler!r} is not 'pk', 'uniform' or 'camera'")
         self.use_icdl, self.use_ical, self.use_text, self.inter = VARIANT_SWITCHES[self.opts.variant]
+        if self.use_text and backbone_norm(cfg.backbone) != "clip":
+            no_text = [v for v, sw in VARIANT_SWITCHES.items() if not sw[2]]
+            raise ValueError(f"CCAFL variant {self.opts.variant!r} needs CLIP's text tower; backbone {cfg.backbone!r} is an image-only "
+                             f"trunk: use a variant without text ({', '.join(no_text)}) or a CLIP backbone (RN50, ViT-B-16)")
         self.pseudo, self._log, self._pending, self._ical_opt, self._ical_state = None, {}, [], None, None
         if data is None: return                                # for_inference: the model only
         self.ics = intra_camera_labels(data.train)
@@ -404,7 +425,8 @@ def on_epoch_start(self: CCAFL, model, stage, epoch):
             self.mems[c] = CameraMemory(f[idx], cls[idx] - off, n, o.slots, o.momentum, o.temp, g).to(dev)
             self.cam_text[c] = m.class_text[off:off + n]
         return
-    pseudo, links = associate(torch.zeros(self.num_classes, f.shape[1]).index_add_(0, cls, f), self.cls_cam, o.assoc_rate)
+    if o.oracle_association: pseudo, links = true_association(self.class_true, self.cls_cam)
+    else: pseudo, links = associate(torch.zeros(self.num_classes, f.shape[1]).index_add_(0, cls, f), self.cls_cam, o.assoc_rate)
     self.pseudo = torch.as_tensor(pseudo)
     self._log = {"assoc_precision": association_precision(links, self.class_true),
                  "assoc_recall": association_recall(pseudo, self.class_true, self.cls_cam), "assoc_links": len(links),
@@ -471,7 +493,7 @@ def _hard_update(self: CCAFL, fn, pk):
 @patch
 def _icdl_losses(self: CCAFL, m, out, fn, y, cam_of) -> dict:
     "Stage 2, per camera and summed over cameras: ICDL, triplets against the centroids and within the camera, image-to-text."
-    o, scale = self.opts, m.clip.logit_scale.exp().detach()
+    o, scale = self.opts, m.clip.logit_scale.exp().detach() if self.use_text else None
     L = {"icdl": 0.0, "centroid_triplet": 0.0, "triplet": 0.0, **({"i2t": 0.0} if self.use_text else {})}
     for c, mem in self.mems.items():
         sel = cam_of == c

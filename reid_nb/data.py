@@ -20,9 +20,9 @@ from .core import UnreadableFileError
 # %% auto #0
 __all__ = ['EXPECTED_COUNTS', 'IMG_EXTS', 'LIP', 'ATR', 'LABEL_SETS', 'DATASETS', 'PRCC_LAYOUT', 'LTCC_LAYOUT', 'MSMT_LAYOUT',
            'MSMT_VERSIONS', 'MSMT_LISTS', 'FOLDER_LAYOUT', 'Sample', 'Protocol', 'ReIDData', 'DatasetLayoutError',
-           'LabelSet', 'get_label_set', 'mask_path_for', 'read_mask', 'clothes_mask', 'mask_clothes', 'read_sample',
-           'register_dataset', 'load_dataset', 'load_prcc', 'load_ltcc', 'load_market1501', 'load_dukemtmc',
-           'load_msmt17', 'load_folder', 'ICSLabels', 'intra_camera_labels', 'ImageDataset']
+           'LabelSet', 'get_label_set', 'mask_path_for', 'read_mask', 'clothes_mask', 'grow_mask', 'mask_clothes',
+           'read_sample', 'register_dataset', 'load_dataset', 'load_prcc', 'load_ltcc', 'load_market1501',
+           'load_dukemtmc', 'load_msmt17', 'load_folder', 'ICSLabels', 'intra_camera_labels', 'ImageDataset']
 
 # %% ../nbs/01_data.ipynb #5
 @dataclass(frozen=True)
@@ -220,8 +220,18 @@ def clothes_mask(mask: torch.Tensor, label_set: str | LabelSet = "lip", size: tu
         m = (F.adaptive_avg_pool2d(m.reshape(-1, 1, *m.shape[-2:]), size) >= 0.5).float().reshape(*lead, *size)
     return m
 
-def mask_clothes(img: torch.Tensor, mask: torch.Tensor, label_set: str | LabelSet = "lip") -> torch.Tensor:
-    "The clothes-masked image: clothes pixels set to zero (after normalisation, i.e. the mean colour)."
+def grow_mask(m: torch.Tensor, margin: int) -> torch.Tensor:
+    "A binary mask (..., H, W) dilated by `margin` pixels (a (2m+1)^2 square), or eroded for margin < 0."
+    if margin == 0: return m
+    k, lead = 2 * abs(margin) + 1, m.shape[:-2]
+    x = m.reshape(-1, 1, *m.shape[-2:]).float()
+    x = F.max_pool2d(x, k, 1, abs(margin)) if margin > 0 else 1 - F.max_pool2d(1 - x, k, 1, abs(margin))
+    return x.reshape(*lead, *m.shape[-2:])
+
+def mask_clothes(img: torch.Tensor, mask: torch.Tensor, label_set: str | LabelSet = "lip", margin: int = 0) -> torch.Tensor:
+    "The clothes-masked image: clothes pixels set to zero (after normalisation, i.e. the mean colour); `margin` > 0 also zeroes\n"
+    "that many pixels around the clothes (blur and JPEG spill their colour into a ring past the parsing mask), < 0 fewer."
+    if margin: return img * (1 - grow_mask(clothes_mask(mask, label_set), margin)).unsqueeze(-3)
     keep = 1 - get_label_set(label_set).clothes_lut().to(mask.device).float()     # 1 - clothes_mask(mask), gathered at once
     return img * _lut_gather(keep, mask).unsqueeze(-3)
 

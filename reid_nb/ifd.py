@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .core import Config
 from .backbones import build_trunk
-from .data import ImageDataset, clothes_mask, get_label_set
+from .data import ImageDataset, clothes_mask, get_label_set, mask_clothes
 from fastcore.basics import patch
 from .engine import Method, Stage, TrainConfig, register_method
 from .losses import _all_ranks, label_smoothed_ce, supcon_loss
@@ -42,15 +42,16 @@ VARIANTS = {   # Table II rows as switches: (IKT, CBD, contrastive loss on f_c)
     "cbd": (False, True, "ccl"),    # the baseline + CBD (its f_c trained by the CCL: CBD has no loss of its own)
     "ifd_cl": (True, True, "supcon"),
     "ifd": (True, True, "ccl"),
+    "masked": (False, False, None), # reference, not a Table II row: the baseline trained and tested on the clothes-masked image
 }
 
 class IFDNet(nn.Module):
     "Main stream g_m (+ attention stream g_a, IKT, CBD heads as the variant asks)."
     def __init__(self, arch: str, num_classes: int, weights: str | None = None, variant: str = "ifd", kernel_size: int = 7,
-                 label_set: str = "lip"):
+                 label_set: str = "lip", mask_margin: int = 0):
         super().__init__()
         if variant not in VARIANTS: raise ValueError(f"IFD variant {variant!r} is not one of {list(VARIANTS)}")
-        self.variant, self.label_set = variant, get_label_set(label_set)
+        self.variant, self.label_set, self.mask_margin = variant, get_label_set(label_set), mask_margin
         self.ikt, self.cbd, self.contrastive = VARIANTS[variant]
         self.main = build_trunk(arch, weights)
         d = self.main.out_dim
@@ -70,15 +71,17 @@ class IFDNet(nn.Module):
     def forward(self, img: torch.Tensor, masked_img: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 attention_only: bool = False) -> dict:
         out = {}
+        if self.mask_margin and mask is not None: masked_img = mask_clothes(img, mask, self.label_set, self.mask_margin)
+        if (self.ikt or self.variant == "masked") and masked_img is None:
+            raise ValueError("IFD's attention stream needs the clothes-masked image (load the dataset with masks)")
         if self.ikt:
-            if masked_img is None: raise ValueError("IFD's attention stream needs the clothes-masked image (load the dataset with masks)")
             F_a = self.attn(masked_img)                                     # (B, C, h, w)
             out["bn_a"] = self.bn_a(F_a.mean((-2, -1)))
             if self.training: out["logits_a"] = self.cls_a(out["bn_a"])
             if attention_only: return out
             W_I = self.sa(F_a)                                              # (B, 1, h, w), Eq. 1
             out["W_I"] = W_I
-        F_g = self.main(img)
+        F_g = self.main(masked_img if self.variant == "masked" else img)
         F_rg = W_I * F_g if self.ikt else F_g                               # Eq. 2
         out["f_rg"] = F_rg.mean((-2, -1))
         out["bn_rg"] = self.bn_rg(out["f_rg"])                              # the retrieval feature
@@ -131,6 +134,10 @@ class IFDOpts(Config):
     label_smoothing: float = 0.1
     label_set: str = "lip"                 # lip | atr: the label set of the parsing masks (SCHP writes either)
     sampler: str = "ras"                   # ras | pk
+    mask_margin: int = 0                   # pixels zeroed around the clothes mask too (> 0) for the attention stream's image:
+                                           # blur and JPEG spill clothes colour past the parsing; 0 = the parsing as it is
+    eval_feature: str = "bn_rg"            # retrieval feature: bn_rg (the paper's f_rg) | bn_a (the attention stream's own:
+                                           # a reference row, what the masked image alone ranks with inside IFD)
 
 def ifd_paper_preset(dataset: str) -> dict:
     "The paper's setting where it is specific, CAL/AIM/FIRe's defaults where it is silent."
@@ -153,6 +160,8 @@ class IFD(Method):
         self.opts = IFDOpts.from_dict(cfg.method_opts, source="method_opts")
         if self.opts.variant not in VARIANTS: raise ValueError(f"IFD variant {self.opts.variant!r} is not one of {list(VARIANTS)}")
         if self.opts.ccl_norm not in CCL_NORMS: raise ValueError(f"IFD ccl_norm {self.opts.ccl_norm!r} is not one of {list(CCL_NORMS)}")
+        if self.opts.eval_feature not in ("bn_rg", "bn_a") or (self.opts.eval_feature == "bn_a" and not VARIANTS[self.opts.variant][0]):
+            raise ValueError(f"IFD eval_feature {self.opts.eval_feature!r}: bn_rg, or bn_a for a variant with the attention stream")
         self.ikt = VARIANTS[self.opts.variant][0]
 
     @classmethod
@@ -162,7 +171,7 @@ class IFD(Method):
 
     def build_model(self) -> nn.Module:
         o = self.opts
-        return IFDNet(self.cfg.backbone, self.num_classes, self.cfg.weights, o.variant, o.attn_kernel, o.label_set)
+        return IFDNet(self.cfg.backbone, self.num_classes, self.cfg.weights, o.variant, o.attn_kernel, o.label_set, o.mask_margin)
 
     def stages(self) -> list[Stage]:
         if not self.ikt: return [Stage("joint", self.cfg.epochs)]
@@ -195,25 +204,28 @@ class IFD(Method):
         return losses
 
     def features(self, model, batch) -> torch.Tensor:
-        "Retrieval feature f_rg (BN), from the image and its clothes-masked copy."
-        return model(batch["img"], batch.get("masked_img"))["bn_rg"]
+        "Retrieval feature f_rg (BN), from the image and its clothes-masked copy (or `eval_feature`'s)."
+        return model(batch["img"], batch.get("masked_img"), batch.get("mask"))[self.opts.eval_feature]
 
 def model_contrastive(model) -> str | None: return getattr(model, "module", model).contrastive
 
 # %% ../nbs/10_ifd.ipynb #6b6f3677
 @torch.no_grad()
 def attention_on_clothes(model: nn.Module, loader, label_set: str = "lip", device="cpu") -> dict:
-    "{'attention_on_clothes': share of W_I's mass on clothes cells, 'clothes_area': share of cells that are clothes}."
+    "{'attention_on_clothes': share of W_I's mass on clothes cells, 'clothes_area': share of cells that are clothes,\n"
+    "'attention_clothes' / 'attention_other': mean W_I on clothes cells / on the other cells} (the two means differ\n"
+    "where the attention tells clothes apart, whatever its overall level)."
     m = getattr(model, "module", model)
     if not m.ikt: return {}
     was, on, tot, area, cells = m.training, 0.0, 0.0, 0.0, 0
     m.eval()
     for b in loader:
-        W = m(b["img"].to(device), b["masked_img"].to(device))["W_I"].float()              # (B, 1, h, w)
+        W = m(b["img"].to(device), b["masked_img"].to(device), b["mask"].to(device))["W_I"].float()    # (B, 1, h, w)
         C = clothes_mask(b["mask"].to(device), label_set, size=W.shape[-2:]).unsqueeze(1).float()
         on, tot, area, cells = on + float((W * C).sum()), tot + float(W.sum()), area + float(C.sum()), cells + C.numel()
     m.train(was)
-    return {"attention_on_clothes": on / max(tot, 1e-12), "clothes_area": area / max(cells, 1)}
+    return {"attention_on_clothes": on / max(tot, 1e-12), "clothes_area": area / max(cells, 1),
+            "attention_clothes": on / area if area else None, "attention_other": (tot - on) / (cells - area) if cells > area else None}
 
 @patch
 def mechanism(self: IFD, model, samples, transform, device) -> dict:

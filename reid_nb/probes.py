@@ -58,11 +58,13 @@ def camera_probe(feats, pids, cams, k: int = 5, seed: int = 0, **kw) -> dict:
     "Linear camera probe, folds by identity: {'acc', 'chance', 'n'}."
     return linear_probe(feats, cams, identity_folds(pids, k, seed), **kw)
 
-def outfit_pairs(pids, clothes, max_pairs: int = 20, seed: int = 0) -> np.ndarray:
-    "(P, 3) rows (i, j, same outfit) of image pairs of one identity, per identity balanced: min(same, different, max_pairs) each."
+def outfit_pairs(pids, clothes, cams=None, max_pairs: int = 20, seed: int = 0) -> np.ndarray:
+    "(P, 3) rows (i, j, same outfit) of image pairs of one identity -- and, given `cams`, of one camera -- balanced per\n"
+    "group (identity, or identity and camera): min(same, different, max_pairs) of each."
     pids, clothes, g, out = np.asarray(pids), np.asarray(clothes), np.random.default_rng(seed), []
-    for p in np.unique(pids):
-        idx = np.flatnonzero(pids == p)
+    group = pids if cams is None else np.unique(np.stack([pids, np.asarray(cams)], 1), axis=0, return_inverse=True)[1].reshape(-1)
+    for p in np.unique(group):
+        idx = np.flatnonzero(group == p)
         i, j = np.triu_indices(len(idx), 1)
         same = clothes[idx[i]] == clothes[idx[j]]
         n = min(int(same.sum()), int((~same).sum()), max_pairs)
@@ -71,13 +73,18 @@ def outfit_pairs(pids, clothes, max_pairs: int = 20, seed: int = 0) -> np.ndarra
             for c in g.choice(cand, n, replace=False) if n else []: out.append((idx[i[c]], idx[j[c]], int(want)))
     return np.array(out, dtype=np.int64).reshape(-1, 3)
 
-def outfit_probe(feats, pids, clothes, k: int = 5, seed: int = 0, max_pairs: int = 20, **kw) -> dict | None:
-    "Same-outfit-or-not probe on pairs of one identity's images (chance 0.5); None where no identity changes clothes."
-    pr = outfit_pairs(pids, clothes, max_pairs, seed)
-    if len(pr) == 0: return None
+def outfit_probe(feats, pids, clothes, cams=None, k: int = 5, seed: int = 0, max_pairs: int = 20, min_ids: int = 4, **kw) -> dict | None:
+    "Same-outfit-or-not probe on pairs of one identity's images in one camera (`cams` given; chance 0.5): {'acc', 'chance', 'n',\n"
+    "'ids'}. None -- undefined -- where fewer than `min_ids` identities show two outfits within one camera (PRCC: outfit and\n"
+    "camera coincide). `cams=None`: pairs across cameras, which on PRCC-like data also reads the camera (kept to show that)."
+    pr = outfit_pairs(pids, clothes, cams, max_pairs, seed)
+    ids = np.asarray(pids)[pr[:, 0]]
+    if len(np.unique(ids)) < max(2, min_ids): return None
     f = F.normalize(torch.as_tensor(np.asarray(feats), dtype=torch.float64), dim=1).numpy()
     x = np.abs(f[pr[:, 0]] - f[pr[:, 1]])
-    return linear_probe(x, pr[:, 2], identity_folds(np.asarray(pids)[pr[:, 0]], k, seed), normalize=False, **kw)   # |f_a - f_b|: its size is the signal
+    r = linear_probe(x, pr[:, 2], identity_folds(ids, k, seed), normalize=False, **kw)   # |f_a - f_b|: its size is the signal
+    return {**r, "ids": int(len(np.unique(ids)))}
+
 
 # %% ../nbs/19_probes.ipynb #5b3b3b0a
 def camera_split_r1(qf, gf, q_pids, g_pids, q_cams, g_cams, q_paths=None, g_paths=None, block: int = 1024) -> dict:
@@ -105,8 +112,12 @@ def camera_split_r1(qf, gf, q_pids, g_pids, q_cams, g_cams, q_paths=None, g_path
 
 # %% ../nbs/19_probes.ipynb #5499e229
 def mechanism_metrics(feats, pids, cams, clothes, seed: int = 0) -> dict:
-    "{'camera_probe': {...}, 'outfit_probe': {...} | None} for features of images with these labels."
+    "{'camera_probe': {...}, 'outfit_probe': {...} | None} for features of images with these labels; the outfit probe at a\n"
+    "fixed camera (None, and a note, where outfit and camera coincide)."
     pids, cams, clothes = (np.asarray(a) for a in (pids, cams, clothes))
     out = {"camera_probe": camera_probe(feats, pids, cams, seed=seed) if len(np.unique(cams)) > 1 else None,
-           "outfit_probe": outfit_probe(feats, pids, clothes, seed=seed)}
+           "outfit_probe": outfit_probe(feats, pids, clothes, cams, seed=seed)}
+    changes = any(len(np.unique(clothes[pids == p])) > 1 for p in np.unique(pids))
+    if out["outfit_probe"] is None and changes:
+        out["outfit_probe_note"] = "undefined: no identity wears two outfits within one camera (outfit and camera coincide)"
     return out

@@ -16,9 +16,9 @@ from .core import ConfigError, atomic_write_json, atomic_write_text, user_errors
 
 
 # %% auto #0
-__all__ = ['Study', 'load_study', 'merge', 'StudyRun', 'study_runs', 'run_config_of', 'metric_value', 'log_ends', 't975',
-           'paired', 'verdict', 'summarise', 'summary_markdown', 'claims_markdown', 'plot_study', 'results_row',
-           'run_study', 'study_main']
+__all__ = ['MIN_CLAIM_SEEDS', 'Study', 'load_study', 'merge', 'StudyRun', 'study_runs', 'run_config_of', 'metric_value',
+           'log_ends', 't975', 't_pvalue', 'paired', 'holm', 'verdict', 'summarise', 'summary_markdown',
+           'claims_markdown', 'plot_study', 'results_row', 'run_study', 'write_summary', 'resummarise', 'study_main']
 
 # %% ../nbs/20_study.ipynb #fe0be9bc
 @dataclass
@@ -31,6 +31,7 @@ class Study:
     primary: str
     comparisons: list
     seeds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    confirm_seeds: list = field(default_factory=list)   # run too, judged apart: a verdict holds only if they agree (see `verdict`)
     description: str = ""
     preset: str = "demo"
     dataset_opts: dict = field(default_factory=dict)
@@ -42,7 +43,7 @@ class Study:
     scales: dict = field(default_factory=dict)
     source: str = ""
 
-_SCALE_KEYS = {"expected", "train", "axes", "seeds", "dataset_opts"}
+_SCALE_KEYS = {"expected", "train", "axes", "seeds", "confirm_seeds", "dataset_opts"}
 
 def _bad(source: str, what: str) -> ConfigError: return ConfigError(f"{source}: {what}")
 
@@ -67,6 +68,8 @@ def load_study(path: str | Path, scale: str | None = None) -> Study:
     for ax, pts in s.axes.items():
         if not isinstance(pts, dict) or not pts: raise _bad(s.source, f"axis {ax!r} must map point names to overrides")
     if len(set(s.seeds)) != len(s.seeds): raise _bad(s.source, f"seeds repeat: {s.seeds}")
+    if set(s.seeds) & set(s.confirm_seeds) or len(set(s.confirm_seeds)) != len(s.confirm_seeds):
+        raise _bad(s.source, f"confirm_seeds {s.confirm_seeds} must be new seeds, none of seeds {s.seeds}, none repeated")
     undeclared = [m for m in s.claim_metrics if m not in s.metrics]
     if undeclared: raise _bad(s.source, f"claim_metrics {undeclared} are not among the declared metrics")
     if scale is not None:
@@ -77,6 +80,7 @@ def load_study(path: str | Path, scale: str | None = None) -> Study:
         s.train, s.dataset_opts = merge(s.train, sc.get("train", {})), merge(s.dataset_opts, sc.get("dataset_opts", {}))
         if "axes" in sc: s.axes = sc["axes"]
         if "seeds" in sc: s.seeds = sc["seeds"]
+        if "confirm_seeds" in sc: s.confirm_seeds = sc["confirm_seeds"]
         s.name = f"{s.name}-{scale}"
     return s
 
@@ -96,12 +100,12 @@ class StudyRun:
     overrides: dict
 
 def study_runs(s: Study) -> list[StudyRun]:
-    "The runs `s` declares, in a fixed order (axes, then variants, then seeds)."
+    "The runs `s` declares, in a fixed order (axes, then variants, then seeds and confirmation seeds)."
     axes = list(s.axes.items())
     out = []
     for combo in itertools.product(*[list(pts.items()) for _, pts in axes]):
         for v, vo in s.variants.items():
-            for seed in s.seeds:
+            for seed in [*s.seeds, *s.confirm_seeds]:
                 o = merge({**s.train, "dataset_opts": s.dataset_opts}, {})
                 for _, (_, po) in zip(axes, combo): o = merge(o, po or {})
                 o = merge(o, vo or {})
@@ -163,45 +167,86 @@ _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 
 def t975(df: int) -> float: return _T975[df - 1] if df <= 30 else 1.96 + 2.4 / df     # the tail: within 0.005 of the exact value
 
+def t_pvalue(t: float, df: int) -> float:
+    "Two-sided p of Student's t with `df` degrees of freedom: I_{df/(df+t^2)}(df/2, 1/2), the regularised incomplete beta."
+    from scipy.special import betainc
+    return float(betainc(df / 2, 0.5, df / (df + t * t))) if math.isfinite(t) else 0.0
+
 def paired(a: np.ndarray, b: np.ndarray) -> dict:
-    "Paired difference a - b: mean, 95% t interval, wins of a, n."
+    "Paired difference a - b: mean, 95% t interval, wins of a, n, and the paired t test's two-sided p."
     d = np.asarray(a, float) - np.asarray(b, float)
     n = len(d)
-    half = t975(n - 1) * d.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+    sd = d.std(ddof=1) if n > 1 else float("nan")
+    half = t975(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
+    p = (t_pvalue(d.mean() / (sd / math.sqrt(n)), n - 1) if sd > 0 else float(d.mean() == 0)) if n > 1 else float("nan")
     return {"diff": float(d.mean()) if n else float("nan"), "low": float(d.mean() - half) if n > 1 else float("nan"),
-            "high": float(d.mean() + half) if n > 1 else float("nan"), "wins": int((d > 0).sum()), "n": n}
+            "high": float(d.mean() + half) if n > 1 else float("nan"), "wins": int((d > 0).sum()), "n": n, "p": p}
 
-def verdict(p: dict) -> str:
+def holm(ps: list) -> list:
+    "Holm's step-down adjusted p-values (family-wise error), in the order given; NaN stays NaN."
+    idx = [i for i, p in enumerate(ps) if not math.isnan(p)]
+    out, run = [float("nan")] * len(ps), 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: ps[i])):
+        run = max(run, min(1.0, (len(idx) - rank) * ps[i])); out[i] = run
+    return out
+
+MIN_CLAIM_SEEDS = 10     # a "holds" / "reversed" needs at least this many seeds (issue 29: 5 seeds did not replicate)
+
+def verdict(p: dict, confirm: dict | None = None, p_holm: float | None = None, alpha: float = 0.05,
+            min_seeds: int = MIN_CLAIM_SEEDS) -> str:
+    "'holds' / 'reversed' only where the seeds' interval excludes 0, Holm's adjusted p < alpha, there are >= `min_seeds`\n"
+    "seeds, and the confirmation seeds agree in sign with an interval of their own that excludes 0; else 'not established (why)'."
     if p["n"] < 2 or math.isnan(p["low"]): return "no interval (one seed)"
-    return "holds" if p["low"] > 0 else "reversed" if p["high"] < 0 else "not established"
+    way = "holds" if p["low"] > 0 else "reversed" if p["high"] < 0 else None
+    if way is None: return "not established"
+    if p["n"] < min_seeds: return f"not established ({p['n']} seeds < {min_seeds})"
+    if p_holm is not None and not p_holm < alpha: return f"not established (Holm p {p_holm:.2g})"
+    if confirm is None or confirm["n"] < 2: return "not established (no confirmation seeds)"
+    if not (confirm["low"] > 0 if way == "holds" else confirm["high"] < 0): return "not established (not confirmed)"
+    return way
 
 def summarise(s: Study, rows: pd.DataFrame) -> dict:
-    "{'groups': per point and variant mean/std/n, 'comparisons': per point and comparison the paired stats and verdict}."
+    "{'groups': per point and variant mean/std/n (the seeds), 'comparisons': per point and comparison the paired stats on the\n"
+    "seeds (and on the confirmation seeds, `confirm`), Holm's p over the study's primary comparisons and the verdict}."
     axes, metrics = list(s.axes), [s.primary, *[m for m in s.metrics if m != s.primary]]
     groups, comps = [], []
+    conf = rows[rows.seed.isin(s.confirm_seeds)] if s.confirm_seeds else rows.iloc[:0]
+    rows = rows[rows.seed.isin(s.seeds)]
     keyed = rows.groupby(axes, sort=False) if axes else [((), rows)]
     for key, g in keyed:
         point = dict(zip(axes, key if isinstance(key, tuple) else (key,)))
+        gc = conf
+        for a, v in point.items(): gc = gc[gc[a] == v]
         for v in s.variants:
             gv = g[g.variant == v]
             if gv.empty: continue
             groups.append({**point, "variant": v, "n": len(gv),
                            **{f"{m} mean": gv[m].mean() for m in metrics if m in gv}, **{f"{m} std": gv[m].std(ddof=1) for m in metrics if m in gv}})
         for a, b in s.comparisons:
-            ga, gb = g[g.variant == a].set_index("seed"), g[g.variant == b].set_index("seed")
-            seeds = sorted(set(ga.index) & set(gb.index))
-            if not seeds: continue
             row = {**point, "comparison": f"{a} vs {b}"}
-            for m in metrics:
-                if m not in g or ga.loc[seeds, m].isna().any() or gb.loc[seeds, m].isna().any(): continue
-                row[m] = paired(ga.loc[seeds, m].values, gb.loc[seeds, m].values)
-            if s.primary in row: row["verdict"] = verdict(row[s.primary])
-            comps.append(row)
+            for name, src in (("", g), ("confirm", gc)):
+                ga, gb = src[src.variant == a].set_index("seed"), src[src.variant == b].set_index("seed")
+                seeds = sorted(set(ga.index) & set(gb.index))
+                for m in metrics:
+                    if not seeds or m not in src or ga.loc[seeds, m].isna().any() or gb.loc[seeds, m].isna().any(): continue
+                    pr = paired(ga.loc[seeds, m].values, gb.loc[seeds, m].values)
+                    if name: row.setdefault(name, {})[m] = pr
+                    else: row[m] = pr
+            if s.primary in row: comps.append(row)
+    for c, ph in zip(comps, holm([c[s.primary]["p"] for c in comps])):
+        c["p_holm"] = ph
+        c["verdict"] = verdict(c[s.primary], c.get("confirm", {}).get(s.primary), ph)
     return {"study": s.name, "primary": s.primary, "axes": {a: list(p) for a, p in s.axes.items()}, "groups": groups, "comparisons": comps}
+
 
 # %% ../nbs/20_study.ipynb #cc5892c8
 def _fmt_p(p: dict, unit: str = "", digits: int = 1) -> str:
     return f"{p['diff']:+.{digits}f}{unit} [{p['low']:+.{digits}f}, {p['high']:+.{digits}f}], {p['wins']}/{p['n']} wins"
+
+def _fmt_confirm(c: dict, m: str, unit: str = "") -> str:
+    "The confirmation seeds' paired difference of `m`, or 'none'."
+    p = c.get("confirm", {}).get(m)
+    return _fmt_p(p, unit) if p else "none"
 
 def summary_markdown(summ: dict, s: Study) -> str:
     "The summary as markdown tables: per point the variants' mean ± std (n), then the comparisons with their verdicts."
@@ -212,10 +257,12 @@ def summary_markdown(summ: dict, s: Study) -> str:
     for _, r in g.iterrows():
         cells = [str(r[a]) for a in axes] + [r["variant"]] + [f"{r[m + ' mean']:.{1 if abs(r[m + ' mean']) > 1.5 else 3}f} ± {r[m + ' std']:.{1 if abs(r[m + ' mean']) > 1.5 else 3}f} ({r['n']})" for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| " + " | ".join([*axes, "comparison", f"{s.primary}: diff [95% CI], wins", "verdict"]) + " |", "|" + "---|" * (len(axes) + 3)]
+    lines += ["", "| " + " | ".join([*axes, "comparison", f"{s.primary}: diff [95% CI], wins", "Holm p", "confirmation seeds", "verdict"]) + " |",
+              "|" + "---|" * (len(axes) + 5)]
     for c in summ["comparisons"]:
         if s.primary not in c: continue
-        lines.append("| " + " | ".join([*(str(c[a]) for a in axes), c["comparison"], _fmt_p(c[s.primary]), c["verdict"]]) + " |")
+        lines.append("| " + " | ".join([*(str(c[a]) for a in axes), c["comparison"], _fmt_p(c[s.primary]), f"{c['p_holm']:.2g}",
+                                        _fmt_confirm(c, s.primary), c["verdict"]]) + " |")
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/20_study.ipynb #0c905be8
@@ -226,8 +273,12 @@ def claims_markdown(summ: dict, s: Study) -> str:
         if s.primary not in c: continue
         where = ", ".join(f"{a} {c[a]}" for a in summ["axes"]) or "the study's setting"
         more = "".join(f"; {m} {_fmt_p(c[m], '', 3 if abs(c[m]['diff']) < 1.5 else 1)}" for m in s.claim_metrics if m in c)
-        out.append(f"- {where}: {c['comparison']}, {s.primary} {_fmt_p(c[s.primary], ' pt')} — **{c['verdict']}**{more}")
-    return f"{s.name} ({len(s.seeds)} seeds, {s.threads} thread(s) per run; 95% t intervals of the paired difference):\n\n" + "\n".join(out) + "\n"
+        out.append(f"- {where}: {c['comparison']}, {s.primary} {_fmt_p(c[s.primary], ' pt')} (Holm p {c['p_holm']:.2g}; confirmation "
+                   f"seeds {_fmt_confirm(c, s.primary, ' pt')}) — **{c['verdict']}**{more}")
+    n = sum(s.primary in c for c in summ["comparisons"])
+    return (f"{s.name} ({len(s.seeds)} seeds + {len(s.confirm_seeds)} confirmation seeds, {s.threads} thread(s) per run; 95% t intervals "
+            f"of the paired difference; Holm over the {n} primary comparisons; a verdict needs >= {MIN_CLAIM_SEEDS} seeds and confirmation "
+            f"seeds that agree):\n\n" + "\n".join(out) + "\n")
 
 def _t_interval(x) -> tuple[float, float]:
     x = np.asarray(x, float); n = len(x)
@@ -281,15 +332,28 @@ def run_study(s: Study, out: str | Path = "runs/studies", data_root: str | Path 
     else: metrics = [_train_one((c, s.threads)) for c in cfgs]
     rows = pd.DataFrame([results_row(s, r, m) for r, m in zip(runs, metrics)])
     atomic_write_text(out / "results.csv", rows.to_csv(index=False))
+    return write_summary(s, rows, out, curves=only is None)
+
+def write_summary(s: Study, rows: pd.DataFrame, out: Path, curves: bool = True) -> dict:
+    "summary.json, summary.md, claims.md (and curves.png) of `rows` under `out`; the summary."
     summ = summarise(s, rows)
     atomic_write_json(out / "summary.json", summ)
     atomic_write_text(out / "summary.md", summary_markdown(summ, s))
     atomic_write_text(out / "claims.md", claims_markdown(summ, s))
-    if only is None:
+    if curves:
         import matplotlib; matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig = plot_study(rows, s); fig.savefig(out / "curves.png", dpi=90, bbox_inches="tight"); plt.close(fig)
     return summ
+
+def resummarise(folder: str | Path) -> dict:
+    "Rewrite a finished study's summary, claims and curves from its own study.yaml and results.csv (no run is touched):\n"
+    "what a change of the verdict rule or of a metric's name needs."
+    folder = Path(folder)
+    for f in ("study.yaml", "results.csv"):
+        if not (folder / f).is_file(): raise FileNotFoundError(f"{folder / f} does not exist (expected a study's output folder)")
+    s = load_study(folder / "study.yaml"); s.name = folder.name
+    return write_summary(s, pd.read_csv(folder / "results.csv"), folder)
 
 def study_main(argv=None) -> None:
     "Console script `reid-study`."
@@ -298,9 +362,12 @@ def study_main(argv=None) -> None:
     ap.add_argument("--out", default="runs/studies"); ap.add_argument("--data-root", default="data")
     ap.add_argument("--jobs", type=int, default=1); ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--runs", default=None, help="where the run folders go (default: <out>/<name>/runs)")
+    ap.add_argument("--summarise", action="store_true", help="STUDY is an output folder: rewrite its summary from its results.csv")
     ap.add_argument("--debug", action="store_true")
     a = ap.parse_args(argv)
     with user_errors("reid-study", a.debug):
+        if a.summarise:
+            print(claims_markdown(resummarise(a.study), load_study(Path(a.study) / "study.yaml"))); return
         s = load_study(a.study, a.scale)
         if a.dry_run:
             for r in study_runs(s): print(r.name, json.dumps(r.overrides))

@@ -29,6 +29,8 @@ class SynthConfig(Config):
     n_test_ids: int = 30
     n_cams: int = 3                      # prcc always uses A, B, C
     outfits_per_id: int = 2              # ltcc; prcc has 2 (A/B and C); market 1
+    outfits_per_cam: int = 1             # ltcc: outfits each camera sees of an identity (1: one per camera, so outfit and camera
+                                         # go together as in PRCC; 2+: outfits change within cameras, so the two factors separate)
     images_per_cam: int = 6              # per identity, camera (and outfit where it changes)
     cams_per_id: int = 0                 # market/ltcc: cameras each identity visits (0 = all)
     clothes_change: float = 1.0          # 0 = same outfit everywhere, 1 = unrelated outfits
@@ -226,11 +228,13 @@ def _plan_ltcc(cfg: SynthConfig, rng) -> list:
     for pid in range(cfg.n_train_ids + cfg.n_test_ids):
         test = pid >= cfg.n_train_ids
         cams = _visits(cfg, rng, pid)
+        n_out = max(1, cfg.outfits_per_id)
         for j, cam in enumerate(cams):
-            o = j % max(1, cfg.outfits_per_id)         # outfits alternate over the identity's cameras
-            for k in range(n):
-                split = ("query" if k == 0 else "test") if test else "train"
-                out.append((f"LTCC_ReID/{split}/{pid + 1:03d}_{o + 1}_c{cam + 1}_{k:03d}.png", pid, cam, o, k))
+            for t in range(max(1, min(cfg.outfits_per_cam, n_out))):
+                o = (j + t) % n_out                    # outfits alternate over the identity's cameras (and within them)
+                for k in range(n):
+                    split = ("query" if k == 0 else "test") if test else "train"
+                    out.append((f"LTCC_ReID/{split}/{pid + 1:03d}_{o + 1}_c{cam + 1}_{k:03d}.png", pid, cam, o, k))
     return out
 
 def _plan_market(cfg: SynthConfig, rng) -> list:
@@ -292,7 +296,7 @@ def write_dataset(cfg: SynthConfig, out: str | Path, overwrite: bool = False) ->
 # %% ../nbs/04_synth.ipynb #20
 LOADERS = {"prcc": "prcc", "ltcc": "ltcc", "market": "market1501"}
 
-_LATER = {"camera_hue": 0.0}              # knobs added after datasets were cached: at these values they are left out of the identity
+_LATER = {"camera_hue": 0.0, "outfits_per_cam": 1}              # knobs added after datasets were cached: at these values they are left out of the identity
 
 def _identity(d: dict) -> dict: return {k: v for k, v in d.items() if not (k in _LATER and v == _LATER[k])}
 
@@ -333,6 +337,7 @@ def main(argv=None) -> None:
     ap.add_argument("--cams", type=int, default=d.n_cams)
     ap.add_argument("--images-per-cam", type=int, default=d.images_per_cam)
     ap.add_argument("--outfits", type=int, default=d.outfits_per_id)
+    ap.add_argument("--outfits-per-cam", type=int, default=d.outfits_per_cam, help="ltcc: outfits each camera sees of an identity")
     ap.add_argument("--clothes-change", type=float, default=d.clothes_change)
     ap.add_argument("--camera-bias", type=float, default=d.camera_bias)
     ap.add_argument("--label-set", choices=["lip", "atr"], default=d.label_set)
@@ -340,7 +345,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
-    cfg = SynthConfig(layout=a.layout, n_train_ids=a.ids, n_test_ids=a.test_ids, n_cams=a.cams, outfits_per_id=a.outfits,
+    cfg = SynthConfig(layout=a.layout, n_train_ids=a.ids, n_test_ids=a.test_ids, n_cams=a.cams, outfits_per_id=a.outfits, outfits_per_cam=a.outfits_per_cam,
                       images_per_cam=a.images_per_cam, clothes_change=a.clothes_change, camera_bias=a.camera_bias,
                       label_set=a.label_set, seed=a.seed)
     try: out = write_dataset(cfg, a.out, overwrite=a.overwrite)
