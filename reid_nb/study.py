@@ -17,8 +17,9 @@ from .core import ConfigError, atomic_write_json, atomic_write_text, user_errors
 
 # %% auto #0
 __all__ = ['MIN_CLAIM_SEEDS', 'Study', 'load_study', 'merge', 'StudyRun', 'study_runs', 'run_config_of', 'metric_value',
-           'log_ends', 't975', 't_pvalue', 'paired', 'holm', 'verdict', 'summarise', 'summary_markdown',
-           'claims_markdown', 'plot_study', 'results_row', 'run_study', 'write_summary', 'resummarise', 'study_main']
+           'log_ends', 't975', 't_pvalue', 'paired', 'holm', 'verdict', 'gap_share', 'dose_slope', 'summarise',
+           'summary_markdown', 'claims_markdown', 'plot_study', 'results_row', 'run_study', 'write_summary',
+           'resummarise', 'study_main']
 
 # %% ../nbs/20_study.ipynb #fe0be9bc
 @dataclass
@@ -32,6 +33,8 @@ class Study:
     comparisons: list
     seeds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
     confirm_seeds: list = field(default_factory=list)   # run too, judged apart: a verdict holds only if they agree (see `verdict`)
+    headroom: dict = field(default_factory=dict)        # {baseline: v, ceiling: v, methods: [v, ...]}: the share of the gap each closes
+    dose: dict = field(default_factory=dict)            # {name: str, values: {variant: dose, ...}, targets: [metric, ...]}: dose-response
     description: str = ""
     preset: str = "demo"
     dataset_opts: dict = field(default_factory=dict)
@@ -70,6 +73,15 @@ def load_study(path: str | Path, scale: str | None = None) -> Study:
     if len(set(s.seeds)) != len(s.seeds): raise _bad(s.source, f"seeds repeat: {s.seeds}")
     if set(s.seeds) & set(s.confirm_seeds) or len(set(s.confirm_seeds)) != len(s.confirm_seeds):
         raise _bad(s.source, f"confirm_seeds {s.confirm_seeds} must be new seeds, none of seeds {s.seeds}, none repeated")
+    if s.headroom:
+        if set(s.headroom) != {"baseline", "ceiling", "methods"}: raise _bad(s.source, "headroom takes exactly baseline, ceiling and methods")
+        named = [s.headroom["baseline"], s.headroom["ceiling"], *s.headroom["methods"]]
+        if any(v not in s.variants for v in named): raise _bad(s.source, f"headroom names undeclared variant(s) {[v for v in named if v not in s.variants]}")
+    if s.dose:
+        if set(s.dose) != {"name", "values", "targets"}: raise _bad(s.source, "dose takes exactly name, values and targets")
+        if len(s.dose["values"]) < 4 or any(v not in s.variants for v in s.dose["values"]):
+            raise _bad(s.source, f"dose values must map at least 4 declared variants to doses, got {list(s.dose['values'])}")
+        if any(m not in [s.primary, *s.metrics] for m in s.dose["targets"]): raise _bad(s.source, "dose targets must be declared metrics")
     undeclared = [m for m in s.claim_metrics if m not in s.metrics]
     if undeclared: raise _bad(s.source, f"claim_metrics {undeclared} are not among the declared metrics")
     if scale is not None:
@@ -205,11 +217,33 @@ def verdict(p: dict, confirm: dict | None = None, p_holm: float | None = None, a
     if not (confirm["low"] > 0 if way == "holds" else confirm["high"] < 0): return "not established (not confirmed)"
     return way
 
+def gap_share(method, base, ceiling, draws: int = 2000, seed: int = 0) -> dict:
+    "The share of the base-to-ceiling gap a method closes, mean(method - base) / mean(ceiling - base) over paired seeds, with a\n"
+    "95% percentile bootstrap interval over the seeds (seeded: the same rows give the same interval); the gap's own paired stats."
+    m, b, c = (np.asarray(x, float) for x in (method, base, ceiling))
+    share = lambda i: (m[i] - b[i]).mean() / (c[i] - b[i]).mean()
+    g, n = np.random.default_rng(seed), len(m)
+    with np.errstate(divide="ignore", invalid="ignore"): boots = np.array([share(g.integers(0, n, n)) for _ in range(draws)])
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5]) if np.isfinite(boots).any() else (float("nan"),) * 2
+    return {"share": float(share(np.arange(n))), "low": float(lo), "high": float(hi), "gap": paired(c, b), "n": n}
+
+def dose_slope(doses: list, by_seed: pd.DataFrame) -> dict:
+    "Per seed, the least-squares slope of a target against the doses' *ranks* (0, 1, 2, ...: a monotone trend, free of the\n"
+    "doses' scale); over seeds its mean, 95% t interval and p (`paired` against 0). `by_seed`: rows seeds, columns doses in order."
+    x = np.arange(len(doses), dtype=float); x -= x.mean()
+    slopes = (by_seed.values - by_seed.values.mean(1, keepdims=True)) @ x / (x @ x)
+    return paired(slopes, np.zeros(len(slopes)))
+
+def _move(p: dict) -> str:
+    way = "up" if p["low"] > 0 else "down" if p["high"] < 0 else None
+    if way is None: return "no measurable move"
+    return f"moves it {way}" + ("" if p["n"] >= MIN_CLAIM_SEEDS else f" (suggested: {p['n']} seeds < {MIN_CLAIM_SEEDS}, no claim)")
+
 def summarise(s: Study, rows: pd.DataFrame) -> dict:
     "{'groups': per point and variant mean/std/n (the seeds), 'comparisons': per point and comparison the paired stats on the\n"
     "seeds (and on the confirmation seeds, `confirm`), Holm's p over the study's primary comparisons and the verdict}."
     axes, metrics = list(s.axes), [s.primary, *[m for m in s.metrics if m != s.primary]]
-    groups, comps = [], []
+    groups, comps, heads, doses = [], [], [], []
     conf = rows[rows.seed.isin(s.confirm_seeds)] if s.confirm_seeds else rows.iloc[:0]
     rows = rows[rows.seed.isin(s.seeds)]
     keyed = rows.groupby(axes, sort=False) if axes else [((), rows)]
@@ -222,6 +256,23 @@ def summarise(s: Study, rows: pd.DataFrame) -> dict:
             if gv.empty: continue
             groups.append({**point, "variant": v, "n": len(gv),
                            **{f"{m} mean": gv[m].mean() for m in metrics if m in gv}, **{f"{m} std": gv[m].std(ddof=1) for m in metrics if m in gv}})
+        if s.headroom:
+            h = s.headroom
+            by = {v: g[g.variant == v].set_index("seed")[s.primary] for v in [h["baseline"], h["ceiling"], *h["methods"]]}
+            for v in h["methods"]:
+                seeds = sorted(set.intersection(*(set(x.dropna().index) for x in (by[v], by[h["baseline"]], by[h["ceiling"]]))))
+                if len(seeds) > 1:
+                    heads.append({**point, "method": v, "baseline": h["baseline"], "ceiling": h["ceiling"],
+                                  **gap_share(by[v][seeds], by[h["baseline"]][seeds], by[h["ceiling"]][seeds])})
+        if s.dose:
+            vs = list(s.dose["values"])
+            for m in s.dose["targets"]:
+                if m not in g: continue
+                t = g[g.variant.isin(vs)].pivot_table(index="seed", columns="variant", values=m)[vs].dropna()
+                if len(t) > 1:
+                    p = dose_slope([s.dose["values"][v] for v in vs], t)
+                    doses.append({**point, "dose": s.dose["name"], "target": m, "slope": p, "move": _move(p),
+                                  "means": {str(s.dose["values"][v]): float(t[v].mean()) for v in vs}})
         for a, b in s.comparisons:
             row = {**point, "comparison": f"{a} vs {b}"}
             for name, src in (("", g), ("confirm", gc)):
@@ -236,7 +287,8 @@ def summarise(s: Study, rows: pd.DataFrame) -> dict:
     for c, ph in zip(comps, holm([c[s.primary]["p"] for c in comps])):
         c["p_holm"] = ph
         c["verdict"] = verdict(c[s.primary], c.get("confirm", {}).get(s.primary), ph)
-    return {"study": s.name, "primary": s.primary, "axes": {a: list(p) for a, p in s.axes.items()}, "groups": groups, "comparisons": comps}
+    out = {"study": s.name, "primary": s.primary, "axes": {a: list(p) for a, p in s.axes.items()}, "groups": groups, "comparisons": comps}
+    return {**out, **({"headroom": heads} if s.headroom else {}), **({"dose": doses} if s.dose else {})}
 
 
 # %% ../nbs/20_study.ipynb #cc5892c8
@@ -275,6 +327,15 @@ def claims_markdown(summ: dict, s: Study) -> str:
         more = "".join(f"; {m} {_fmt_p(c[m], '', 3 if abs(c[m]['diff']) < 1.5 else 1)}" for m in s.claim_metrics if m in c)
         out.append(f"- {where}: {c['comparison']}, {s.primary} {_fmt_p(c[s.primary], ' pt')} (Holm p {c['p_holm']:.2g}; confirmation "
                    f"seeds {_fmt_confirm(c, s.primary, ' pt')}) — **{c['verdict']}**{more}")
+    for h in summ.get("headroom", []):
+        where = ", ".join(f"{a} {h[a]}" for a in summ["axes"]) or "the study's setting"
+        out.append(f"- {where}: {h['method']} closes {100 * h['share']:.0f}% [{100 * h['low']:.0f}%, {100 * h['high']:.0f}%] of the "
+                   f"{h['baseline']}-to-{h['ceiling']} gap in {s.primary} (the gap: {_fmt_p(h['gap'], ' pt')}; 95% bootstrap over seeds)")
+    for d in summ.get("dose", []):
+        where = ", ".join(f"{a} {d[a]}" for a in summ["axes"]) or "the study's setting"
+        means = ", ".join(f"{k}: {v:.{1 if abs(v) > 1.5 else 3}f}" for k, v in d["means"].items())
+        out.append(f"- {where}: {d['dose']} against {d['target']} ({means}) — {d['move']}: slope per dose step "
+                   f"{_fmt_p(d['slope'], '', 3 if abs(d['slope']['diff']) < 1.5 else 1).rsplit(',', 1)[0]}")
     n = sum(s.primary in c for c in summ["comparisons"])
     return (f"{s.name} ({len(s.seeds)} seeds + {len(s.confirm_seeds)} confirmation seeds, {s.threads} thread(s) per run; 95% t intervals "
             f"of the paired difference; Holm over the {n} primary comparisons; a verdict needs >= {MIN_CLAIM_SEEDS} seeds and confirmation "

@@ -16,7 +16,7 @@ def test_declared_studies_are_valid(f, tmp_path):
     for scale in [None, *s.scales]:
         sc = load_study(f, scale)
         runs = study_runs(sc)
-        assert len({r.name for r in runs}) == len(runs) == len(sc.seeds) * len(sc.variants) * math.prod(len(p) for p in sc.axes.values())
+        assert len({r.name for r in runs}) == len(runs) == (len(sc.seeds) + len(sc.confirm_seeds)) * len(sc.variants) * math.prod(len(p) for p in sc.axes.values())
         for r in runs: run_config_of(sc, r, tmp_path, tmp_path)            # every run's TrainConfig is valid (names, types)
     assert len(s.seeds) >= 3, "a declared comparison needs seeds for an interval"
 
