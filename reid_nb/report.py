@@ -55,7 +55,10 @@ class Run:
     mtime: float
     group: list = field(default_factory=list, repr=False)     # this setting's runs over seeds (`find_run` fills it)
     @property
-    def variant(self) -> str | None: return self.config.get("method_opts", {}).get("variant")
+    def variant(self) -> str | None:
+        "The method variant; a reference arm that ranks with another feature is named apart ('ifd:bn_a'), so no table cell takes it."
+        o = self.config.get("method_opts", {})
+        return f"{o.get('variant')}:{o['eval_feature']}" if o.get("eval_feature", "bn_rg") != "bn_rg" else o.get("variant")
     @property
     def env(self) -> dict:
         "The run's provenance (`env.json`), {} for runs written before it existed."
