@@ -17,8 +17,8 @@ from .weights import WHEEL_WEIGHTS, local_weights
 
 # %% auto #0
 __all__ = ['RESNETS', 'TINY_CLIP_CONFIGS', 'load_state', 'ResNetTrunk', 'wheel_state_for', 'MobileNetV2Trunk', 'TimmTrunk',
-           'build_trunk', 'backbone_norm', 'GeM', 'BNNeckHead', 'ReIDNet', 'adapt_vit', 'adapt_rn', 'is_torchscript',
-           'load_openai_clip', 'build_clip']
+           'build_trunk', 'is_clip', 'backbone_norm', 'GeM', 'BNNeckHead', 'ReIDNet', 'adapt_vit', 'adapt_rn',
+           'is_torchscript', 'load_openai_clip', 'build_clip']
 
 # %% ../nbs/07_backbones.ipynb #5
 def _state_dict_from(path: str | Path) -> dict:
@@ -182,6 +182,11 @@ def build_trunk(arch: str, weights: str | Path | None = None, last_stride: int =
     if arch == "mobilenet_v2": return MobileNetV2Trunk(weights, last_stride)
     if arch.startswith("timm:"): return TimmTrunk(arch[5:], weights, last_stride)
     raise ValueError(f"backbone {arch!r} is not one of {[*RESNETS, 'mobilenet_v2']} or 'timm:<name>' (any timm model)")
+
+def is_clip(arch: str) -> bool:
+    "Whether `arch` names an open_clip model (image and text towers: RN50, ViT-B-16, a registered config) rather than a trunk."
+    import open_clip
+    return arch in open_clip.list_models() and arch not in RESNETS
 
 def backbone_norm(arch: str) -> str:
     "The input normalisation a backbone's pretrained weights expect (a key of transforms.NORMS)."

@@ -180,7 +180,7 @@ def ical_adversarial_loss(cos: torch.Tensor, own: torch.Tensor, pos_mask: torch.
 # %% ../nbs/13_ccafl.ipynb #18
 from dataclasses import dataclass
 from .core import Config, is_distributed
-from .backbones import GeM, backbone_norm, build_clip, build_trunk
+from .backbones import GeM, build_clip, build_trunk, is_clip
 from .data import intra_camera_labels
 import torch.distributed as dist
 from fastcore.basics import patch
@@ -195,7 +195,7 @@ class CCAFLNet(nn.Module):
     "`build_trunk`) gives CCAFL's image side alone: no text tower, no prompts (`has_text` False)."
     def __init__(self, clip_name: str, weights: str | None, image_size, n_cls: int, n_ctx: int = 4, prompt_offset: int = 1):
         super().__init__()
-        self.has_text = backbone_norm(clip_name) == "clip"
+        self.has_text = is_clip(clip_name)
         if self.has_text:
             self.clip = build_clip(clip_name, weights, tuple(image_size))
             v = self.clip.visual
@@ -296,7 +296,7 @@ class CCAFL(Method):
         if self.opts.text_logits not in ("dot", "cosine"): raise ValueError(f"text_logits={self.opts.text_logits!r} is not 'dot' or 'cosine'")
         if self.opts.sampler not in ("pk", "uniform", "camera"): raise ValueError(f"sampler={self.opts.sampler!r} is not 'pk', 'uniform' or 'camera'")
         self.use_icdl, self.use_ical, self.use_text, self.inter = VARIANT_SWITCHES[self.opts.variant]
-        if self.use_text and backbone_norm(cfg.backbone) != "clip":
+        if self.use_text and not is_clip(cfg.backbone):
             no_text = [v for v, sw in VARIANT_SWITCHES.items() if not sw[2]]
             raise ValueError(f"CCAFL variant {self.opts.variant!r} needs CLIP's text tower; backbone {cfg.backbone!r} is an image-only "
                              f"trunk: use a variant without text ({', '.join(no_text)}) or a CLIP backbone (RN50, ViT-B-16)")
