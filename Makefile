@@ -14,13 +14,15 @@ N_WORKERS ?= 2
 install: $(STAMP)
 	$(BIN)/reid-weights fetch
 
-$(STAMP): settings.ini setup.py constraints.txt
+$(STAMP): settings.ini setup.py constraints.txt tests/plugin_example/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "reid_nb needs Python >= 3.10, found " + sys.version' 
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# constraints.txt: the exact versions CI tested (torch 2.14.1 / torchvision 0.29.1: the releases on this workplace's disk)
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	# the example plugin package (tests/test_plugin.py): a method and a dataset registered through entry points only
+	$(BIN)/python -m pip install -q --no-deps -e tests/plugin_example
 	touch $(STAMP)
 
 # main job: trains the baseline on the built-in synthetic clothes-changing data (CPU) through nbs/train.ipynb;

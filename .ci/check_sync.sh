@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Fails when the generated code or README disagrees with the notebooks, or a notebook is not clean.
-# Needs nbdev_export/nbdev_clean on PATH and a git checkout; changes nothing that was in sync.
+# Fails when the generated code or README disagrees with the notebooks, or a notebook is not clean: it judges whether
+# nbdev_export and nbdev_clean would change anything (file contents before and after), not whether the tree is committed,
+# so it can run on work in progress. Needs nbdev_export/nbdev_clean on PATH; changes nothing that was in sync.
 set -euo pipefail
-cd "$(git rev-parse --show-toplevel)"
+cd "$(dirname "$0")/.."
+snap() { find "$1" -type f \( -name '*.py' -o -name '*.ipynb' \) -not -path '*/.ipynb_checkpoints/*' -not -path '*/__pycache__/*' -print0 \
+         | sort -z | xargs -0 sha256sum; }
 fail=0
-nbdev_export
-if [ -n "$(git status --porcelain -- reid_nb)" ]; then
-  echo "FAIL: nbdev_export changed reid_nb/ — a module and its notebook disagree:"; git status --porcelain -- reid_nb
-  git --no-pager diff --stat -- reid_nb; fail=1
+before=$(snap reid_nb); nbdev_export; after=$(snap reid_nb)
+if [ "$before" != "$after" ]; then
+  echo "FAIL: nbdev_export changed reid_nb/ — a module and its notebook disagree (now exported; review and commit):"
+  diff <(echo "$before") <(echo "$after") | sed -n 's/^> [0-9a-f]*  /  /p'; fail=1
 fi
-nbdev_clean
-if [ -n "$(git status --porcelain -- nbs)" ]; then
-  echo "FAIL: nbdev_clean changed nbs/ — commit notebooks cleaned (make clean-nbs):"; git status --porcelain -- nbs; fail=1
+before=$(snap nbs); nbdev_clean; after=$(snap nbs)
+if [ "$before" != "$after" ]; then
+  echo "FAIL: nbdev_clean changed nbs/ — notebooks must be committed clean (make clean-nbs; now cleaned):"
+  diff <(echo "$before") <(echo "$after") | sed -n 's/^> [0-9a-f]*  /  /p'; fail=1
 fi
 if ! python tools/nb2readme.py --check; then fail=1; fi
 [ $fail = 0 ] && echo "sync: notebooks, modules and README agree"

@@ -6,19 +6,20 @@
 from __future__ import annotations
 import copy
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from .core import load_checkpoint
+from .core import HOW_TO_REGISTER, load_checkpoint, load_plugins
 from .weights import WHEEL_WEIGHTS, local_weights
 
 # %% auto #0
-__all__ = ['RESNETS', 'TINY_CLIP_CONFIGS', 'load_state', 'ResNetTrunk', 'wheel_state_for', 'MobileNetV2Trunk', 'TimmTrunk',
-           'build_trunk', 'is_clip', 'backbone_norm', 'GeM', 'BNNeckHead', 'ReIDNet', 'adapt_vit', 'adapt_rn',
-           'is_torchscript', 'load_openai_clip', 'build_clip']
+__all__ = ['RESNETS', 'BACKBONES', 'TINY_CLIP_CONFIGS', 'load_state', 'ResNetTrunk', 'wheel_state_for', 'MobileNetV2Trunk',
+           'TimmTrunk', 'register_backbone', 'build_trunk', 'is_clip', 'backbone_norm', 'GeM', 'BNNeckHead', 'ReIDNet',
+           'adapt_vit', 'adapt_rn', 'is_torchscript', 'load_openai_clip', 'build_clip']
 
 # %% ../nbs/07_backbones.ipynb #5
 def _state_dict_from(path: str | Path) -> dict:
@@ -171,12 +172,28 @@ class TimmTrunk(nn.Module):
 
 
 # %% ../nbs/07_backbones.ipynb #fb4ec8dd
+BACKBONES: dict[str, Callable] = {}     # name -> fn(weights, last_stride) -> trunk (an nn.Module of feature maps with `out_dim`)
+
+def register_backbone(name: str):
+    "Decorator: make a trunk builder `fn(weights, last_stride) -> nn.Module` (feature maps out, attribute `out_dim`) available as\n"
+    "`backbone=name` to every method that builds a trunk (the baseline, both IFD streams, CCAFL's image side without text)."
+    def deco(fn): BACKBONES[name] = fn; return fn
+    return deco
+
 def build_trunk(arch: str, weights: str | Path | None = None, last_stride: int = 1) -> nn.Module:
-    "A trunk by name: 'resnet18' | 'resnet50' | 'mobilenet_v2' | 'timm:<any timm model>'; feature maps out, `out_dim` channels."
+    "A trunk by name: a registered one, 'resnet18' | 'resnet50' | 'mobilenet_v2' | 'timm:<any timm model>'; feature maps out,\n"
+    "`out_dim` channels."
+    if arch not in BACKBONES and arch not in RESNETS and arch != "mobilenet_v2" and not arch.startswith("timm:"): load_plugins()
+    if arch in BACKBONES:
+        trunk = BACKBONES[arch](weights, last_stride)
+        if not isinstance(getattr(trunk, "out_dim", None), int): raise TypeError(f"registered backbone {arch!r} built a trunk without an int `out_dim`")
+        return trunk
     if arch in RESNETS: return ResNetTrunk(arch, weights, last_stride)
     if arch == "mobilenet_v2": return MobileNetV2Trunk(weights, last_stride)
     if arch.startswith("timm:"): return TimmTrunk(arch[5:], weights, last_stride)
-    raise ValueError(f"backbone {arch!r} is not one of {[*RESNETS, 'mobilenet_v2']} or 'timm:<name>' (any timm model)")
+    raise ValueError(f"backbone {arch!r} is not one of {[*RESNETS, 'mobilenet_v2', *BACKBONES]} or 'timm:<name>' (any timm model); to add "
+                     f"one, decorate a builder fn(weights, last_stride) with @register_backbone({arch!r}) and "
+                     f"{HOW_TO_REGISTER.replace('register more from', 'import it from')}")
 
 def is_clip(arch: str) -> bool:
     "Whether `arch` names an open_clip model (image and text towers: RN50, ViT-B-16, a registered config) rather than a trunk."

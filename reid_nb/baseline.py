@@ -42,16 +42,23 @@ class Baseline(Method):
     "ResNet + BNNeck; loss = ID (label-smoothed CE on the BN feature's logits) + batch-hard triplet (on the pooled feature)."
     presets = {"paper": baseline_paper_preset}
 
+    opts_cls = BaselineOpts                  # a subclass with options of its own: a dataclass extending BaselineOpts
+
     def __init__(self, cfg: TrainConfig, data):
         super().__init__(cfg, data)
-        self.opts = BaselineOpts.from_dict(cfg.method_opts, source="method_opts")
+        self.opts = self.opts_cls.from_dict(cfg.method_opts, source="method_opts")
 
     def build_model(self) -> nn.Module:
         return ReIDNet(self.cfg.backbone, self.num_classes, weights=self.cfg.weights, last_stride=1, pool=self.opts.pool)
 
-    def loss(self, model, batch, stage, epoch) -> dict:
-        out = model(batch["img"])
+    def losses(self, out: dict, batch: dict) -> dict:
+        "The weighted loss terms of the model's output (`feat`, `bn`, `logits`), by name: a subclass adds a term with\n"
+        "`{**super().losses(out, batch), 'center': w * ...}` and the engine logs each."
         o = self.opts
-        l_id = label_smoothed_ce(out["logits"], batch["pid"], o.label_smoothing)
-        l_tri = triplet_loss(out["feat"], batch["pid"], o.triplet_margin, soft=o.soft_margin, all_ranks=o.triplet_all_ranks)
-        return {"loss": o.id_weight * l_id + o.triplet_weight * l_tri, "id": l_id, "triplet": l_tri}
+        return {"id": o.id_weight * label_smoothed_ce(out["logits"], batch["pid"], o.label_smoothing),
+                "triplet": o.triplet_weight * triplet_loss(out["feat"], batch["pid"], o.triplet_margin, soft=o.soft_margin,
+                                                           all_ranks=o.triplet_all_ranks)}
+
+    def loss(self, model, batch, stage, epoch) -> dict:
+        terms = self.losses(model(batch["img"]), batch)
+        return {"loss": sum(terms.values()), **terms}

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'seed_everything', 'seed_worker', 'get_device', 'is_distributed', 'atomic_path', 'UnreadableFileError',
-           'user_errors', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save',
-           'file_sha256', 'load_checkpoint', 'ConfigError', 'Config', 'RunDir', 'make_run_dir', 'new_names',
-           'lock_status', 'provenance']
+__all__ = ['USER_ERRORS', 'PLUGIN_GROUP', 'HOW_TO_REGISTER', 'seed_everything', 'seed_worker', 'get_device', 'is_distributed',
+           'atomic_path', 'UnreadableFileError', 'user_errors', 'atomic_write_bytes', 'atomic_write_text',
+           'atomic_write_json', 'atomic_torch_save', 'file_sha256', 'load_checkpoint', 'ConfigError', 'Config',
+           'RunDir', 'make_run_dir', 'new_names', 'plugin_entry_points', 'load_plugins', 'lock_status', 'provenance']
 
 # %% ../nbs/00_core.ipynb #5
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
@@ -290,6 +290,33 @@ def make_run_dir(name: str, config: Config | dict | None = None, root: str | os.
 def new_names(namespace: dict, before: set[str]) -> dict:
     "The public names defined in `namespace` since the snapshot `before` (the parameters cell plus whatever papermill injected)."
     return {k: v for k, v in namespace.items() if k not in before and not k.startswith("_")}
+
+# %% ../nbs/00_core.ipynb #dbce1107
+PLUGIN_GROUP = "reid_nb.plugins"
+_PLUGINS: dict[str, str] = {}            # module -> where it was declared
+_ENTRY_POINTS_LOADED = False
+
+def plugin_entry_points() -> dict[str, str]:
+    "{module: 'entry point <name> of <package>'} of every installed `reid_nb.plugins` entry point."
+    from importlib.metadata import entry_points
+    return {ep.value.split(":")[0].strip(): f"entry point {ep.name!r} of {getattr(ep.dist, 'name', '?')}" for ep in entry_points(group=PLUGIN_GROUP)}
+
+def load_plugins(modules: typing.Iterable[str] = (), source: str = "plugins") -> list[str]:
+    "Import the modules of the installed `reid_nb.plugins` entry points and `modules` (declared in `source`), each once; the\n"
+    "modules loaded so far."
+    import importlib
+    global _ENTRY_POINTS_LOADED
+    eps = {} if _ENTRY_POINTS_LOADED else plugin_entry_points()             # read once per process (cheap to call again)
+    for mod, where in [*eps.items(), *((m, source) for m in modules)]:
+        if mod in _PLUGINS: continue
+        try: importlib.import_module(mod)
+        except ImportError as e: raise ImportError(f"plugin module {mod!r} ({where}) cannot be imported: {e}") from None
+        _PLUGINS[mod] = where
+    _ENTRY_POINTS_LOADED = True
+    return list(_PLUGINS)
+
+HOW_TO_REGISTER = ("register more from your own package: a module that uses the decorator, imported through the config key "
+                   "`plugins: [my_pkg.module]` or an installed entry point of group 'reid_nb.plugins' (README: Extending reid_nb)")
 
 # %% ../nbs/00_core.ipynb #da7beae2
 def _git(root: Path, *args: str) -> str | None:

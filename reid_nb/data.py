@@ -18,11 +18,12 @@ from PIL import Image
 from .core import UnreadableFileError
 
 # %% auto #0
-__all__ = ['EXPECTED_COUNTS', 'IMG_EXTS', 'LIP', 'ATR', 'LABEL_SETS', 'DATASETS', 'PRCC_LAYOUT', 'LTCC_LAYOUT', 'MSMT_LAYOUT',
-           'MSMT_VERSIONS', 'MSMT_LISTS', 'FOLDER_LAYOUT', 'Sample', 'Protocol', 'ReIDData', 'DatasetLayoutError',
-           'LabelSet', 'get_label_set', 'mask_path_for', 'read_mask', 'clothes_mask', 'grow_mask', 'mask_clothes',
-           'read_sample', 'register_dataset', 'load_dataset', 'load_prcc', 'load_ltcc', 'load_market1501',
-           'load_dukemtmc', 'load_msmt17', 'load_folder', 'ICSLabels', 'intra_camera_labels', 'ImageDataset']
+__all__ = ['EXPECTED_COUNTS', 'IMG_EXTS', 'LIP', 'ATR', 'LABEL_SETS', 'DATASETS', 'PARSERS', 'PRCC_LAYOUT', 'LTCC_LAYOUT',
+           'MSMT_LAYOUT', 'MSMT_VERSIONS', 'MSMT_LISTS', 'FOLDER_LAYOUT', 'Sample', 'Protocol', 'ReIDData',
+           'DatasetLayoutError', 'LabelSet', 'get_label_set', 'mask_path_for', 'read_mask', 'clothes_mask', 'grow_mask',
+           'mask_clothes', 'read_sample', 'register_dataset', 'dataset_loader', 'load_dataset', 'load_prcc',
+           'load_ltcc', 'load_market1501', 'load_dukemtmc', 'load_msmt17', 'load_folder', 'ICSLabels',
+           'intra_camera_labels', 'ImageDataset']
 
 # %% ../nbs/01_data.ipynb #5
 @dataclass(frozen=True)
@@ -298,26 +299,41 @@ def _verify(data: ReIDData, skip_unreadable: bool, label_set: LabelSet) -> ReIDD
 
 # %% ../nbs/01_data.ipynb #17
 DATASETS: dict[str, Callable] = {}
+PARSERS: dict[str, Callable] = {}        # dataset -> fn(path relative to the embedded folder) -> (pid, camera, clothes) | None
 
-def register_dataset(name: str):
-    "Decorator: make a loader `fn(root, **opts) -> ReIDData` available to `load_dataset(name, ...)`."
-    def deco(fn): DATASETS[name] = fn; return fn
+def register_dataset(name: str, parse: Callable | None = None):
+    "Decorator: make a loader `fn(root, **opts) -> ReIDData` available to `load_dataset(name, ...)`; `parse(path)` -> (pid,\n"
+    "camera, clothes) or None (not this layout) lets the offline tools (`reid-embed`, `reid-search`, `reid-eval`) read its files."
+    def deco(fn):
+        DATASETS[name] = fn
+        if parse is not None: PARSERS[name] = parse
+        return fn
     return deco
+
+def dataset_loader(name: str) -> Callable:
+    "The registered loader of `name` (plugins loaded first); an unknown name lists what is registered and how to add one."
+    from reid_nb.core import HOW_TO_REGISTER, load_plugins
+    if name not in DATASETS and name.startswith("synth-"): import reid_nb.synth  # noqa: F401  (registers the synth-* datasets)
+    if name not in DATASETS: load_plugins()
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; registered: {sorted(DATASETS)}. To add one, decorate a loader "
+                         f"`fn(root, **opts) -> ReIDData` with @register_dataset({name!r}) and "
+                         f"{HOW_TO_REGISTER.replace('register more from', 'import it from')}")
+    return DATASETS[name]
 
 def load_dataset(name: str, root: str | Path = "data", masks: bool | None = None, missing_masks: str = "error",
                  label_set: str | LabelSet = "lip", verify: bool = False, skip_unreadable: bool = False, **opts) -> ReIDData:
     "Load a registered dataset: splits, protocols and (optionally) parsing masks; see `DATASETS` for the names."
-    if name not in DATASETS and name.startswith("synth-"): import reid_nb.synth  # noqa: F401  (registers the synth-* datasets)
-    if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    loader = dataset_loader(name)
     ls = get_label_set(label_set)
-    params = inspect.signature(DATASETS[name]).parameters
+    params = inspect.signature(loader).parameters
     if "label_set" in params: opts["label_set"] = ls.name         # a generator writes that set
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     unknown = [k for k in opts if k not in params and not takes_any]
     if unknown:
         known = [k for k in params if k not in ("root", "label_set")] + ["masks", "missing_masks", "label_set", "verify", "skip_unreadable"]
         raise ValueError(f"dataset {name!r} takes no option(s) {unknown} (dataset_opts); its options: {known}")
-    data = DATASETS[name](root, **opts)
+    data = loader(root, **opts)
     data = _attach_masks(data, masks, missing_masks, ls)
     if verify: data = _verify(data, skip_unreadable, ls)
     return data

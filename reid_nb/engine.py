@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_engine.ipynb #2
 from __future__ import annotations
-import argparse, csv, io, json, math, os, random, shutil, sys, time
+import argparse, csv, io, json, math, os, random, shutil, sys, time, typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,9 +15,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from .core import (Config, ConfigError, RunDir, atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, get_device,
+from .core import (HOW_TO_REGISTER, load_plugins, Config, ConfigError, RunDir, atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, get_device,
                           load_checkpoint, is_distributed, make_run_dir, provenance, seed_everything, seed_worker, user_errors)
-from .data import DATASETS, ImageDataset, ReIDData, load_dataset
+from .data import DATASETS, ImageDataset, ReIDData, dataset_loader, load_dataset
 import reid_nb.synth  # noqa: F401  (registers the synth-* datasets)
 from .metrics import evaluate, evaluate_single_shot
 from .probes import camera_split_r1, mechanism_metrics
@@ -26,13 +26,13 @@ from .transforms import TransformConfig, build_transforms
 
 # %% auto #0
 __all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'RUN_OUTPUTS', 'TrainConfig', 'project_root', 'resolve_path', 'Stage',
-           'Method', 'load_methods', 'register_method', 'build_optimizer', 'lr_factor', 'stage_optimizer',
-           'extract_features', 'EvalFeatures', 'evaluated_lists', 'evaluate_protocols', 'write_log',
+           'AuxParams', 'Method', 'load_methods', 'method_class', 'register_method', 'build_optimizer', 'lr_factor',
+           'stage_optimizer', 'extract_features', 'EvalFeatures', 'evaluated_lists', 'evaluate_protocols', 'write_log',
            'best_of_evaluated', 'GlobalBatchNorm', 'convert_sync_bn', 'resolve_amp', 'resolve_memory_format',
            'transform_config', 'model_spec', 'load_data', 'train_batches', 'Run', 'config_fingerprint', 'run_config',
-           'same_run', 'claim_run_dir', 'prepare_run', 'Schedule', 'restore', 'train_epoch', 'precise_bn', 'settle_bn',
-           'evaluation_row', 'checkpoint_state', 'format_row', 'end_epoch', 'mechanism_row', 'finish', 'fit',
-           'parse_sets', 'main', 'make_config']
+           'same_run', 'claim_run_dir', 'prepare_run', 'Schedule', 'restore', 'train_epoch', 'step_aux', 'aux_lr',
+           'precise_bn', 'settle_bn', 'evaluation_row', 'checkpoint_state', 'format_row', 'end_epoch', 'mechanism_row',
+           'finish', 'fit', 'parse_sets', 'main', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -91,6 +91,8 @@ class TrainConfig(Config):
                                              # that extracts features (evaluation; CCAFL's association and memories), fast-reid's
                                              # PreciseBN (its default: off; 300 iterations when on). 0 = off (the papers' settings)
     progress: bool = True
+    plugins: tuple[str, ...] = ()           # modules to import before the run (they register methods, datasets, backbones:
+                                             # `core.load_plugins`; installed `reid_nb.plugins` entry points are imported anyway)
 
     def __post_init__(self):
         for k, ok in [("optimizer", ("adam", "adamw", "sgd")), ("scheduler", ("step", "cosine", "constant")), ("amp", ("auto", "off", "bf16", "fp16")),
@@ -118,6 +120,18 @@ class Stage:
     name: str
     epochs: int
     lr: float | None = None                  # None: cfg.lr
+
+@dataclass
+class AuxParams:
+    "Parameters a method trains with an optimiser of their own (center loss's centres: BoT's SGD at lr 0.5), left out of the\n"
+    "main optimiser. The engine steps it after every backward pass: the gradients unscaled (AMP), averaged over the DDP ranks\n"
+    "(where the parameters are not in the DDP-wrapped model, which averages them itself), times `grad_scale`; its learning rate\n"
+    "set every epoch to the initial one times `schedule(epoch)`; its state saved in the checkpoint and restored on resume."
+    name: str
+    params: list
+    optimizer: Callable                      # params -> torch.optim.Optimizer
+    grad_scale: float = 1.0                  # BoT: 1 / center loss weight, so the centres move by the plain loss's gradient
+    schedule: Callable | None = None         # epoch (0-based) -> multiplier of the initial lr; None: constant
 
 class Method:
     "Base class. Override `build_model` and `loss`; the rest has defaults."
@@ -157,17 +171,28 @@ class Method:
     def on_epoch_start(self, model: nn.Module, stage: Stage, epoch: int) -> None: pass
     def epoch_log(self) -> dict: return {}             # extra columns for this epoch's log.csv row (e.g. association precision)
     def mechanism(self, model: nn.Module, samples: list, transform, device) -> dict: return {}   # method-specific mechanism metrics
+    def aux_params(self, model: nn.Module) -> list[AuxParams]: return []   # parameter groups with an optimiser of their own
     def state_dict(self) -> dict: return {}            # method state outside the model that a resume needs (e.g. an own optimiser)
     def load_state_dict(self, sd: dict) -> None: pass
 
 METHODS: dict[str, type] = {}
 METHOD_MODULES = ("reid_nb.baseline", "reid_nb.ifd", "reid_nb.ccafl")   # imported on first use, so `METHODS` is complete
 
-def load_methods() -> dict[str, type]:
-    "Import every method module (they register themselves) and return the registry."
+def load_methods(plugins: typing.Iterable[str] = ()) -> dict[str, type]:
+    "Import every method module (they register themselves) and the plugins (`core.load_plugins`: the config's `plugins` and\n"
+    "the installed `reid_nb.plugins` entry points); the registry."
     import importlib
     for m in METHOD_MODULES: importlib.import_module(m)
+    load_plugins(plugins)
     return METHODS
+
+def method_class(name: str, plugins: typing.Iterable[str] = ()) -> type:
+    "The registered method `name` (after `load_methods(plugins)`); an unknown name lists what is registered and how to add one."
+    load_methods(plugins)
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; registered: {sorted(METHODS)}. To add one, decorate a Method subclass with "
+                         f"@register_method({name!r}) and {HOW_TO_REGISTER.replace('register more from', 'import it from')}")
+    return METHODS[name]
 
 def register_method(name: str):
     "Class decorator: make a `Method` subclass available as `TrainConfig.method = name`."
@@ -432,7 +457,7 @@ def _write_env(rd: RunDir, cfg: TrainConfig, world: int, device: torch.device, o
     atomic_write_json(f, {**provenance(device=str(device), world_size=world, training=run, **(origin or {})), **({"previous": prev} if prev else {})})
 
 def load_data(cfg: TrainConfig, method_cls: type) -> ReIDData:
-    if cfg.dataset not in DATASETS: raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {sorted(DATASETS)}")
+    dataset_loader(cfg.dataset)                                       # an unknown name: what is registered, how to add one
     opts = dict(cfg.dataset_opts)
     ls = method_cls.mask_label_set(cfg) if method_cls.needs_masks else None
     if ls is not None:                                                  # the masks are loaded in the set the method reads them in
@@ -478,6 +503,7 @@ class Run:
     ds: ImageDataset
     cache: Any = None                         # data_path="cache": the training set's DecodedCache
     decoded: dict | None = None               # ... and the evaluated lists' ({id(list): DecodedCache}, rank 0)
+    aux: dict = field(default_factory=dict)   # name -> (AuxParams, its optimiser): `Method.aux_params`, stepped by `step_aux`
 
 RUN_OUTPUTS = ("config.json", "model.json", "env.json", "metrics.json", "model.pt", "log.csv", "checkpoints", "eval", "plots", "skipped.txt")
 
@@ -533,14 +559,12 @@ def _decode_caches(cfg: TrainConfig, data: ReIDData, method: Method, train_tf, r
 
 def prepare_run(cfg: TrainConfig, origin: dict | None = None) -> Run:
     "Devices, data, method, model, run folder, transforms, sampler and data path of `cfg`: everything before the first step."
-    load_methods()
-    if cfg.method not in METHODS: raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
+    method_cls = method_class(cfg.method, cfg.plugins)                 # the plugins first: they may register the dataset too
     rank, world, device = _dist_setup(cfg)
     rd = RunDir(resolve_path(cfg.out_dir) / cfg.name)
     claim_run_dir(rd, cfg, remove=False)                                # refused now, before data or any rank writes
     amp = resolve_amp(cfg.amp, device)                                  # fails now on an AMP mode the device cannot run
     seed_everything(cfg.seed, cfg.deterministic)
-    method_cls = METHODS[cfg.method]
     first = int(os.environ.get("LOCAL_RANK", "0")) == 0               # each node's first process first: synthetic data may be
     if first: data = load_data(cfg, method_cls)                       # generated, in a data root of the node's own
     _barrier()
@@ -566,7 +590,8 @@ def prepare_run(cfg: TrainConfig, origin: dict | None = None) -> Run:
     if cfg.compile: model.compile()                                     # its forward, in place: state dict keys unchanged
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=method.find_unused_parameters) if world > 1 else model
-    return Run(cfg, rank, world, device, amp, mem_format, data, method, model, net, rd, train_tf, test_tf, sampler, ds, cache, decoded)
+    aux = {a.name: (a, a.optimizer(list(a.params))) for a in method.aux_params(model)}
+    return Run(cfg, rank, world, device, amp, mem_format, data, method, model, net, rd, train_tf, test_tf, sampler, ds, cache, decoded, aux)
 
 # %% ../nbs/08_engine.ipynb #6c7385fd
 @dataclass
@@ -609,6 +634,7 @@ def restore(run: Run, scaler) -> tuple[list, int, dict | None]:
         raise ValueError(f"{ckpt} was written by another config; resume with the same config (see {run.rd.config})")
     if run.rank == 0: print(f"resume: {run.rd.path} continues after epoch {state['epoch']} (from {ckpt})", flush=True)
     run.model.load_state_dict(state["model"]); scaler.load_state_dict(state["scaler"]); run.method.load_state_dict(state.get("method", {}))
+    for name, sd in state.get("aux", {}).items(): run.aux[name][1].load_state_dict(sd)
     _set_rng_state(state["rng"])
     return state["log"], state["epoch"], state
 
@@ -630,7 +656,9 @@ def train_epoch(run: Run, dl, opt: torch.optim.Optimizer, scaler, stage: Stage, 
         scaler.scale(losses["loss"]).backward()
         if cfg.grad_clip > 0:
             scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_([p for gr in opt.param_groups for p in gr["params"]], cfg.grad_clip)
-        scaler.step(opt); scaler.update()
+        scaler.step(opt)
+        if run.aux: step_aux(run, scaler)
+        scaler.update()
         for k, v in losses.items(): sums[k] = sums.get(k, 0) + torch.as_tensor(v).detach().to(acc)
         n_img += len(batch["img"]) * run.world; it += 1; bar.update()
     bar.close()
@@ -638,6 +666,28 @@ def train_epoch(run: Run, dl, opt: torch.optim.Optimizer, scaler, stage: Stage, 
     dt = time.perf_counter() - t0
     return {"epoch": epoch + 1, "stage": stage.name, "lr": opt.param_groups[0]["lr"],
             **means, **method.epoch_log(), "images_per_s": n_img / dt, "seconds": dt}
+
+# %% ../nbs/08_engine.ipynb #ebc287ef
+def step_aux(run: Run, scaler) -> None:
+    "One step of every auxiliary parameter group after the main step (see `AuxParams`)."
+    in_model = {id(p) for p in run.model.parameters()} if run.net is not run.model else set()   # DDP averages these itself
+    inv = 1.0 / scaler.get_scale() if scaler.is_enabled() else 1.0
+    for a, opt in run.aux.values():
+        ps = [p for p in a.params if p.grad is not None]
+        if not ps: continue
+        if run.world > 1:
+            for p in ps:
+                if id(p) not in in_model: dist.all_reduce(p.grad); p.grad /= run.world
+        if scaler.is_enabled() and not all(bool(torch.isfinite(p.grad).all()) for p in ps): opt.zero_grad(set_to_none=True); continue
+        for p in ps: p.grad.mul_(a.grad_scale * inv)
+        opt.step(); opt.zero_grad(set_to_none=True)
+
+def aux_lr(run: Run, epoch: int) -> None:
+    "Each auxiliary group's learning rate for `epoch`: its initial one times its schedule's factor."
+    for a, opt in run.aux.values():
+        for g in opt.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+            g["lr"] = g["initial_lr"] * (a.schedule(epoch) if a.schedule else 1.0)
 
 # %% ../nbs/08_engine.ipynb #6e52a6c6
 @torch.no_grad()
@@ -675,7 +725,8 @@ def checkpoint_state(run: Run, opt: torch.optim.Optimizer, scaler, stage_index: 
     "What last.pt holds after global epoch `epoch` (1-based: the number of epochs done): all a resume needs, loadable with weights_only."
     return {"model": run.model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
             "stage": stage_index, "epoch": epoch, "log": log, "sampler": run.sampler.state_dict(), "rng": _rng_state(),
-            "method": run.method.state_dict(), "config": run_config(run.cfg)}
+            "method": run.method.state_dict(), "config": run_config(run.cfg),
+            **({"aux": {n: o.state_dict() for n, (_, o) in run.aux.items()}} if run.aux else {})}
 
 def format_row(row: dict) -> str:
     "A log row as one line; retrieval metrics (`*_mAP`, `*_R1`) in %, as the report shows them."
@@ -742,11 +793,13 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp == "fp16")
     log, start, state = restore(run, scaler)
     dl, opt = train_batches(cfg, run.ds, run.sampler, run.device, run.cache), None
+    aux = {id(p) for a, _ in run.aux.values() for p in a.params}        # trained by their own optimisers (`step_aux`)
     for si, stage, epochs in sched.spans(start, state["stage"] if state else None):
-        opt = stage_optimizer(run.method.parameters(run.model, stage), cfg, sched.base_lr(si), opt, biases)
+        opt = stage_optimizer([p for p in run.method.parameters(run.model, stage) if id(p) not in aux], cfg, sched.base_lr(si), opt, biases)
         if state is not None and state["stage"] == si: opt.load_state_dict(state["optimizer"])
         for epoch in epochs:
             for g in opt.param_groups: g["lr"] = sched.lr(si, epoch) * g.get("lr_mult", 1.0)
+            aux_lr(run, epoch)
             _epoch_seed(cfg.seed, epoch)
             run.sampler.set_epoch(epoch)
             run.method.on_epoch_start(run.model, stage, epoch)
@@ -790,10 +843,9 @@ if __name__ == "__main__": main()
 # %% ../nbs/08_engine.ipynb #26
 def make_config(method: str = "baseline", dataset: str = "synth-prcc", preset: str = "demo", **overrides) -> TrainConfig:
     "A TrainConfig for `method` on `dataset` from a named preset plus explicit overrides."
-    load_methods()
-    if method not in METHODS: raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    if dataset not in DATASETS: raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
-    presets = {"demo": lambda ds: {}, **METHODS[method].presets}
+    cls = method_class(method, overrides.get("plugins") or ())
+    dataset_loader(dataset)                                          # an unknown dataset: what is registered, how to add one
+    presets = {"demo": lambda ds: {}, **cls.presets}
     if preset not in presets: raise ValueError(f"unknown preset {preset!r} for {method}; choose one of {sorted(presets)}")
     base = presets[preset](dataset)
     for k in ("method_opts", "dataset_opts", "transform_opts"):   # option dicts merge: an override adds to the preset's, key by key

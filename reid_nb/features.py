@@ -11,9 +11,9 @@ import numpy as np
 from tqdm import tqdm
 
 import reid_nb
-from .core import UnreadableFileError, atomic_path, user_errors
+from .core import UnreadableFileError, atomic_path, load_plugins, user_errors
 from .engine import file_sha256
-from .data import IMG_EXTS, _CAMS, _LTCC_RE
+from .data import IMG_EXTS, PARSERS, _CAMS, _LTCC_RE
 from .inference import Embedder, list_images, load_model
 
 # %% auto #0
@@ -30,6 +30,9 @@ def parse_ids(path: str | Path, root: str | Path | None = None) -> tuple[int, in
     path = Path(path)
     rel = Path(Path(root).absolute().name) / path if root is not None else Path(*path.absolute().parts[-3:])
     name, parts = rel.name, rel.parts[:-1]
+    load_plugins()                                   # a registered dataset's own parser first (`register_dataset(name, parse=...)`)
+    for layout, parse in PARSERS.items():
+        if (got := parse(rel)) is not None: return (*map(int, got), layout)
     if m := _LTCC_RE.match(name): return int(m[1]), int(m[3]) - 1, int(m[1]) * 1000 + int(m[2]), "ltcc"
     if m := _MARKET.match(name): return int(m[1]), int(m[2]) - 1, -1, "market"
     if parts and parts[-1].isdigit():

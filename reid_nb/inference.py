@@ -18,7 +18,7 @@ from tqdm import tqdm
 import reid_nb
 from .core import ConfigError, get_device, load_checkpoint
 from .data import _images, _open_image, get_label_set, mask_clothes, mask_path_for, read_mask, read_sample
-from .engine import (METHODS, MODEL_FORMAT, Method, TrainConfig, config_fingerprint, file_sha256, load_methods, run_config,
+from .engine import (METHODS, MODEL_FORMAT, Method, TrainConfig, config_fingerprint, file_sha256, load_methods, method_class, run_config,
                             transform_config)
 from .transforms import NORMS, PairTransform, TransformConfig
 
@@ -70,11 +70,10 @@ def read_run(path: str | Path, spec: dict | None = None) -> tuple[TrainConfig, d
 def legacy_spec(cfg: TrainConfig, data) -> dict:
     "model.json's content for a run written without one, from the run's training data (`engine.load_data(cfg, ...)`)."
     from reid_nb.backbones import is_torchscript
-    load_methods()
     w = cfg.weights
     quick = w == "openai" or (w not in (None, "imagenet") and Path(w).is_file() and is_torchscript(w))
     return {"format": MODEL_FORMAT, "reid_nb": "unknown", "method": cfg.method, "quick_gelu": quick,
-            "num_classes": METHODS[cfg.method](cfg.replace(weights=None), data).num_classes}
+            "num_classes": method_class(cfg.method, cfg.plugins)(cfg.replace(weights=None), data).num_classes}
 
 # %% ../nbs/14_inference.ipynb #63253f74
 def use_quick_gelu(model: nn.Module) -> nn.Module:
@@ -87,10 +86,10 @@ def use_quick_gelu(model: nn.Module) -> nn.Module:
 
 def build_for_inference(cfg: TrainConfig, spec: dict, state: dict | None = None, source: str | Path = "") -> tuple[Method, nn.Module]:
     "(method, model in eval mode) of a run, without its training data; with `state`, the trained weights loaded (strictly)."
-    load_methods()
-    if cfg.method not in METHODS: raise ValueError(f"{source}: method {cfg.method!r} is not one of {sorted(METHODS)}")
+    try: cls = method_class(cfg.method, cfg.plugins)
+    except ValueError as e: raise ValueError(f"{source}: {e}") from None
     if spec.get("method") != cfg.method: raise ValueError(f"{source}: model.json says method {spec.get('method')!r}, config.json {cfg.method!r}")
-    method = METHODS[cfg.method].for_inference(cfg.replace(weights=None), spec)
+    method = cls.for_inference(cfg.replace(weights=None), spec)
     logging.disable(logging.WARNING)                 # open_clip's "no pretrained weights loaded": the trained ones follow
     try: model = method.build_model()
     finally: logging.disable(logging.NOTSET)

@@ -67,9 +67,9 @@ def supcon_loss(feats: torch.Tensor, labels: torch.Tensor, temperature: float = 
 
 # %% ../nbs/06_losses.ipynb #14
 class CenterLoss(nn.Module):
-    "Mean squared distance of features to learnable class centres."
+    "Wen et al.'s center loss: ½ ‖x − c_y‖² to learnable class centres, averaged over the batch."
     def __init__(self, num_classes: int, feat_dim: int):
         super().__init__()
         self.centers = nn.Parameter(torch.randn(num_classes, feat_dim))
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return ((feats.float() - self.centers[labels]) ** 2).sum(1).clamp(1e-12, 1e12).mean()
+        return 0.5 * ((feats.float() - self.centers[labels]) ** 2).sum(1).clamp(1e-12, 1e12).mean()

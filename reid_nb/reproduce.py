@@ -278,15 +278,14 @@ def reproduce(data: str | Path, studies: list | None = None, runs_dir: str | Pat
               gpus: list[str] | None = None, jobs: int = 1, scale: str | None = None, seeds: list | None = None) -> dict:
     "Run every declared run of the paper studies whose dataset is under `data` (resuming, never overwriting; locks against\n"
     "other invocations), then write the reproduction report to `out` (default `<runs_dir>/report`); what happened, per run."
-    from reid_nb.engine import METHODS, load_methods, resolve_path
-    load_methods()
+    from reid_nb.engine import method_class, resolve_path
     runs_dir, data = resolve_path(runs_dir), resolve_path(data)
     out = resolve_path(out) if out else runs_dir / "report"
     ss = [load_study(f, scale) for f in (studies or paper_studies())]
     if not ss: raise FileNotFoundError("no study files given and no studies/paper-*.yaml found")
     all_jobs = plan_jobs(ss, data, runs_dir, seeds)
     masks = {}
-    for j in all_jobs: masks[j.dataset] = masks.get(j.dataset, False) or bool(METHODS[j.cfg.method].needs_masks)
+    for j in all_jobs: masks[j.dataset] = masks.get(j.dataset, False) or bool(method_class(j.cfg.method, j.cfg.plugins).needs_masks)
     missing = {d: missing_dataset(d, data, m) for d, m in masks.items()}
     for m in missing.values():
         if m: print(m, flush=True)

@@ -16,9 +16,9 @@ from .core import ConfigError, atomic_write_json, atomic_write_text, user_errors
 
 
 # %% auto #0
-__all__ = ['MIN_CLAIM_SEEDS', 'Study', 'load_study', 'tolerance_of', 'merge', 'StudyRun', 'study_runs', 'run_config_of',
-           'metric_value', 'log_ends', 't975', 't_pvalue', 'paired', 'holm', 'verdict', 'gap_share', 'dose_slope',
-           'summarise', 'summary_markdown', 'claims_markdown', 'plot_study', 'results_row', 'run_study',
+__all__ = ['MIN_SEEDS', 'MIN_CLAIM_SEEDS', 'Study', 'load_study', 'tolerance_of', 'merge', 'StudyRun', 'study_runs',
+           'run_config_of', 'metric_value', 'log_ends', 't975', 't_pvalue', 'paired', 'holm', 'verdict', 'gap_share',
+           'dose_slope', 'summarise', 'summary_markdown', 'claims_markdown', 'plot_study', 'results_row', 'run_study',
            'write_summary', 'resummarise', 'study_main']
 
 # %% ../nbs/20_study.ipynb #fe0be9bc
@@ -89,6 +89,8 @@ def load_study(path: str | Path, scale: str | None = None) -> Study:
             raise _bad(s.source, f"dose values must map at least 4 declared variants to doses, got {list(s.dose['values'])}")
         if any(m not in [s.primary, *s.metrics] for m in s.dose["targets"]): raise _bad(s.source, "dose targets must be declared metrics")
     _check_paper(s)
+    if s.comparisons and not s.paper and len(s.seeds) < MIN_SEEDS:
+        raise _bad(s.source, f"a comparison needs at least {MIN_SEEDS} seeds for an interval (seeds: {s.seeds}; a verdict needs more, see `verdict`)")
     undeclared = [m for m in s.claim_metrics if m not in s.metrics]
     if undeclared: raise _bad(s.source, f"claim_metrics {undeclared} are not among the declared metrics")
     if scale is not None:
@@ -101,7 +103,12 @@ def load_study(path: str | Path, scale: str | None = None) -> Study:
         if "seeds" in sc: s.seeds = sc["seeds"]
         if "confirm_seeds" in sc: s.confirm_seeds = sc["confirm_seeds"]
         s.name = f"{s.name}-{scale}"
+    for r in study_runs(s):             # every run's config built now: what a run would hit, `--dry-run` and the loader hit first
+        try: run_config_of(s, r, "runs", "data")
+        except (ValueError, TypeError, ImportError) as e: raise _bad(s.source, f"variant {r.variant!r} (run {r.name}): {e}") from None
     return s
+
+MIN_SEEDS = 3           # a declared comparison's seeds at the least (a t interval on fewer is not worth stating)
 
 def _dataset_axis(s: Study) -> None:
     "Several datasets become the first axis, 'dataset' (its points set the run's dataset); their entries' `expected` (GPU\n"
@@ -177,7 +184,8 @@ def run_config_of(s: Study, r: StudyRun, out_dir: str | Path, data_root: str | P
     "The run's `TrainConfig`."
     from reid_nb.engine import make_config
     o = dict(r.overrides); ds = o.pop("dataset", s.dataset)          # the dataset axis sets the dataset (and so the preset's values)
-    return make_config(s.method, ds, s.preset, **{**o, "name": r.name, "out_dir": str(out_dir), "data_root": str(data_root), "progress": False})
+    method = o.pop("method", s.method)                                # a variant may name its own method (a comparison across methods)
+    return make_config(method, ds, s.preset, **{**o, "name": r.name, "out_dir": str(out_dir), "data_root": str(data_root), "progress": False})
 
 # %% ../nbs/20_study.ipynb #3bb4f238
 def _get(d: dict, path: str):

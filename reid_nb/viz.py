@@ -118,12 +118,11 @@ def plot_camera_probe(runs: list[Run]):
 
 # %% ../nbs/12_viz.ipynb #11
 def _model_and_data(run: Run):
-    from reid_nb.engine import METHODS, TrainConfig, load_data, load_methods, transform_config
+    from reid_nb.engine import TrainConfig, load_data, method_class, transform_config
     from reid_nb.inference import read_run, build_for_inference, legacy_spec
     from reid_nb.transforms import build_transforms
-    load_methods()
     cfg = TrainConfig.from_dict(run.config, source=str(run.path / "config.json"))
-    data = load_data(cfg, METHODS[cfg.method])
+    data = load_data(cfg, method_class(cfg.method, cfg.plugins))
     spec = None if (run.path / "model.json").is_file() else legacy_spec(cfg, data)   # a run from before model.json
     cfg, spec, state, weights = read_run(run.path, spec)          # the trained model as reid_nb.inference rebuilds it: no
     method, model = build_for_inference(cfg, spec, state, weights) # pretrained download, OpenAI's QuickGELU kept

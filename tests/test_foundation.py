@@ -76,16 +76,16 @@ def test_papermill_misspelt_parameter_fails(tmp_path):
     assert "did you mean 'epochs'" in p.stderr + out.read_text()
 
 def test_sync_check_detects_drift(tmp_path):
-    "The CI sync check passes on a faithful copy and fails once a generated module is hand-edited."
-    repo = tmp_path / "repo"  # a copy of the working tree (uncommitted edits included) in a fresh git repo
+    "The CI sync check judges export and clean, not commit state: a copy with an uncommitted in-sync edit passes, a hand-edited\n"
+    "generated module fails (and no git repository is needed)."
+    repo = tmp_path / "repo"  # a copy of the working tree (uncommitted edits included), not a git repository
     shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "data", "__pycache__", "*.egg-info", ".pytest_cache"))
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    run(["git", "init", "-q"], cwd=repo, env=env); run(["git", "add", "-A"], cwd=repo, env=env)
-    run(["git", "commit", "-qm", "copy"], cwd=repo, env=env)
+    env = {"PATH": f"{BIN}:/usr/bin:/bin"}
+    nb = repo / "nbs" / "06_losses.ipynb"                                     # an edit of prose: export and clean change nothing
+    nb.write_text(nb.read_text().replace("as torchreid and BoT leave out", "as torchreid and BoT omit"))
     ok = run(["bash", ".ci/check_sync.sh"], cwd=repo, env=env, check=False)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     core = repo / "reid_nb" / "core.py"
     core.write_text(core.read_text().replace("def seed_everything(", "def seed_everything_edited_by_hand("))
-    run(["git", "commit", "-qam", "hand edit"], cwd=repo, env=env)
     bad = run(["bash", ".ci/check_sync.sh"], cwd=repo, env=env, check=False)
     assert bad.returncode != 0 and "disagree" in bad.stdout

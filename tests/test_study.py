@@ -32,14 +32,14 @@ train: {epochs: 2, batch_size: 16, num_instances: 4, image_size: [64, 32], eval_
 variants:
   baseline: {method_opts: {variant: baseline}}
   ifd: {method_opts: {variant: ifd}}
-seeds: [0, 1]
+seeds: [0, 1, 2]
 primary: cc.mAP
 metrics: [cc.R1, mechanism.camera_probe.acc]
 comparisons: [[ifd, baseline]]
 """
 
 def test_ablation_notebook_runs_a_declared_study(tmp_path):
-    "Two variants x two seeds through nbs/ablation.ipynb: a run each, results.csv from their metrics, the summary by hand, the report."
+    "Two variants x three seeds (the loader's minimum for a comparison) through nbs/ablation.ipynb: a run each, results.csv from their metrics, the summary by hand, the report."
     f = tmp_path / "tiny.yaml"; f.write_text(TINY)
     p = subprocess.run([str(BIN / "papermill"), str(ROOT / "nbs" / "ablation.ipynb"), str(tmp_path / "out.ipynb"), "-k", "python3",
                         "-p", "study", str(f), "-p", "data_root", str(tmp_path / "data"), "-p", "out_dir", str(tmp_path / "studies"),
@@ -47,7 +47,7 @@ def test_ablation_notebook_runs_a_declared_study(tmp_path):
     assert p.returncode == 0, p.stderr[-4000:]
     out = tmp_path / "studies" / "tiny"
     rows = pd.read_csv(out / "results.csv")
-    assert len(rows) == 4 and set(rows.variant) == {"baseline", "ifd"} and set(rows.seed) == {0, 1}
+    assert len(rows) == 6 and set(rows.variant) == {"baseline", "ifd"} and set(rows.seed) == {0, 1, 2}
     for _, r in rows.iterrows():
         m = json.loads((tmp_path / "runs" / r.run / "metrics.json").read_text())
         c = json.loads((tmp_path / "runs" / r.run / "config.json").read_text())
@@ -57,11 +57,11 @@ def test_ablation_notebook_runs_a_declared_study(tmp_path):
     summ = json.loads((out / "summary.json").read_text())
     d = rows[rows.variant == "ifd"].set_index("seed")["cc.mAP"] - rows[rows.variant == "baseline"].set_index("seed")["cc.mAP"]
     c = summ["comparisons"][0]["cc.mAP"]
-    half = 12.706 * d.std(ddof=1) / math.sqrt(2)
+    half = 4.303 * d.std(ddof=1) / math.sqrt(3)
     assert abs(c["diff"] - d.mean()) < 1e-9 and abs(c["high"] - (d.mean() + half)) < 1e-6 and c["wins"] == int((d > 0).sum())
     assert (out / "curves.png").is_file() and "tiny" in (out / "claims.md").read_text()
     from reid_nb.report import collect_runs, find_run
-    assert len(find_run(collect_runs(tmp_path / "runs"), "ifd", "synth-prcc", "ifd").group) == 2     # the report sees both seeds
+    assert len(find_run(collect_runs(tmp_path / "runs"), "ifd", "synth-prcc", "ifd").group) == 3     # the report sees every seed
     # a second run of the notebook trains nothing: every run is reused (same config)
     before = {r: (tmp_path / "runs" / r / "model.pt").stat().st_mtime_ns for r in rows.run}
     p = subprocess.run([str(BIN / "papermill"), str(ROOT / "nbs" / "ablation.ipynb"), str(tmp_path / "out2.ipynb"), "-k", "python3",
@@ -73,7 +73,9 @@ def test_ablation_notebook_runs_a_declared_study(tmp_path):
     (lambda t: t + "seed: 3\n", "unknown key(s) ['seed']"),
     (lambda t: t.replace("[[ifd, baseline]]", "[[ifd, ikt]]"), "undeclared variant(s) ['ikt']"),
     (lambda t: t.replace("primary: cc.mAP\n", ""), "missing key(s) ['primary']"),
-    (lambda t: t.replace("seeds: [0, 1]", "seeds: [0, 0]"), "seeds repeat"),
+    (lambda t: t.replace("seeds: [0, 1, 2]", "seeds: [0, 0, 1]"), "seeds repeat"),
+    (lambda t: t.replace("seeds: [0, 1, 2]", "seeds: [0, 1]"), "at least 3 seeds"),
+    (lambda t: t.replace("ifd: {method_opts: {variant: ifd}}", "ifd: {method: ifd2}"), "variant 'ifd'"),
 ])
 def test_bad_study_file_is_one_line_error(tmp_path, change, message):
     f = tmp_path / "bad.yaml"; f.write_text(change(TINY))
