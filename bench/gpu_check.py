@@ -26,7 +26,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-METHODS = ("baseline", "ifd", "ccafl")
+from reid_nb.engine import load_methods
+METHODS = tuple(sorted(load_methods()))   # every registered method, a plugin's too (others than the papers' at their `smoke` setting)
 DATASET = {"baseline": "synth-market", "ifd": "synth-prcc", "ccafl": "synth-market"}
 CCAFL_SHORT = dict(prompt_epochs=1, icdl_epochs=1, assoc_rate=1.0, cluster_text_start=1, ical_start=1, ical_end=3)
 # the papers' presets' sizes (baseline: the CLIP-ReID / torchreid supervised recipe, 256x128 batch 64)
@@ -55,7 +56,13 @@ class Report:
         (out / "report.md").write_text("\n".join(md) + "\n")
 
 def cfg_for(method, a, root, **kw):
-    from reid_nb.engine import make_config
+    from reid_nb.engine import make_config, smoke_config
+    if method not in DATASET:             # a plugin's method: its own tiny setting, at the quick or paper-like size of the baseline
+        size = dict((QUICK if a.quick else PAPER)["baseline"]); size.pop("backbone")
+        base = dict(name=method, data_root=str(root / "data"), out_dir=str(root / "runs"), epochs=2, eval_every=0, progress=False,
+                    overwrite=True, device=a.device, iters_per_epoch=a.iters,
+                    dataset_opts=dict(n_train_ids=8 if a.quick else 32, n_test_ids=4, images_per_cam=4), **size)
+        return smoke_config(method, **{**base, **kw})
     size = dict((QUICK if a.quick else PAPER)[method])
     opts = size.pop("method_opts", {})
     data = dict(n_train_ids=8 if a.quick else 32, n_test_ids=4, images_per_cam=4)

@@ -287,6 +287,8 @@ class CCAFL(Method):
     "CLIP-based Camera-Agnostic Feature Learning for intra-camera supervised Re-ID."
     find_unused_parameters = True
     presets = {"paper": ccafl_paper_preset}
+    smoke = {"dataset": "synth-market", "backbone": "reid-tiny-rn", "dataset_opts": {"n_cams": 3, "cams_per_id": 2},
+             "method_opts": dict(prompt_epochs=1, icdl_epochs=1, cluster_text_start=1, ical_start=1, ical_end=2, assoc_rate=1.0)}
     best_on = ("mAP", "standard")                              # the authors keep the best test mAP of their evaluations
 
     def __init__(self, cfg: TrainConfig, data):

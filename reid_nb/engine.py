@@ -32,7 +32,7 @@ __all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'RUN_OUTPUTS', 'TrainCon
            'transform_config', 'model_spec', 'load_data', 'train_batches', 'Run', 'config_fingerprint', 'run_config',
            'same_run', 'claim_run_dir', 'prepare_run', 'Schedule', 'restore', 'train_epoch', 'step_aux', 'aux_lr',
            'precise_bn', 'settle_bn', 'evaluation_row', 'checkpoint_state', 'format_row', 'end_epoch', 'mechanism_row',
-           'finish', 'fit', 'parse_sets', 'main', 'make_config']
+           'finish', 'fit', 'parse_sets', 'main', 'smoke_config', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -141,6 +141,8 @@ class Method:
     label_set: str = "lip"                   # label set of the parsing masks, for `masked_img` in the batches
     best_on: tuple = ("R1", "cc")            # the papers' "best epoch": metric and protocol (else the first) it is chosen by (CAL's)
     train_cache = None                       # fit's DecodedCache of data.train when data_path="cache" (for passes over it)
+    smoke: dict = {"dataset": "synth-prcc"}  # a tiny run of this method (make_config overrides, its dataset among them) for the
+                                             # checks every registered method gets: DDP, decode cache, load_model, export, CUDA
 
     def __init__(self, cfg: TrainConfig, data: ReIDData | None):
         "`data=None`: the method without its training set, enough to build the model and compute features (`for_inference`)."
@@ -841,6 +843,14 @@ def main(argv=None) -> None:
 if __name__ == "__main__": main()
 
 # %% ../nbs/08_engine.ipynb #26
+def smoke_config(method: str, **overrides) -> TrainConfig:
+    "A tiny run of any registered `method` for the cross-method checks: its class's `smoke` settings under `overrides` (the\n"
+    "general sizes: epochs, image size, batch), the option dicts merged key by key (an override's key wins)."
+    s = dict(method_class(method, overrides.get("plugins") or ()).smoke)
+    for k in ("dataset_opts", "method_opts"):
+        if k in s: overrides = {**overrides, k: {**s.pop(k), **(overrides.get(k) or {})}}
+    return make_config(method, s.pop("dataset", "synth-prcc"), **{**s, **overrides})
+
 def make_config(method: str = "baseline", dataset: str = "synth-prcc", preset: str = "demo", **overrides) -> TrainConfig:
     "A TrainConfig for `method` on `dataset` from a named preset plus explicit overrides."
     cls = method_class(method, overrides.get("plugins") or ())

@@ -154,6 +154,7 @@ class IFD(Method):
     needs_masks = True
     find_unused_parameters = True
     presets = {"paper": ifd_paper_preset}
+    smoke = {"dataset": "synth-prcc", "method_opts": {"attn_epochs": 1}}
 
     def __init__(self, cfg: TrainConfig, data):
         super().__init__(cfg, data)

@@ -4,22 +4,19 @@ import os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
-from reid_nb.engine import fit, make_config, prepare_run, train_batches, _to
+from reid_nb.engine import fit, load_methods, make_config, prepare_run, smoke_config, train_batches, _to
 from reid_nb.core import load_checkpoint
 from conftest import ROOT, BIN
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-METHODS = ("baseline", "ifd", "ccafl")
-DATASET = {"baseline": "synth-prcc", "ifd": "synth-prcc", "ccafl": "synth-market"}
-OPTS = {"baseline": {}, "ifd": {"attn_epochs": 1},
-        "ccafl": dict(prompt_epochs=1, icdl_epochs=1, assoc_rate=1.0, cluster_text_start=1, ical_start=1, ical_end=3)}
+METHODS = sorted(load_methods())         # every registered method, a plugin's too, at its `smoke` setting
+OPTS = {"ccafl": {"ical_end": 3}}        # CCAFL's ICAL window over the last two of the three epochs
 
 def cuda_cfg(tmp, method, **kw):
-    data = dict(n_train_ids=8, n_test_ids=4, images_per_cam=4, **({"n_cams": 3, "cams_per_id": 2} if method == "ccafl" else {}))
     base = dict(name=method, data_root=str(tmp / "data"), out_dir=str(tmp / "runs"), epochs=3, batch_size=16, num_instances=4,
-                image_size=(64, 32), dataset_opts=data, method_opts=OPTS[method], eval_every=0, progress=False, device="cuda",
-                backbone="reid-tiny-rn" if method == "ccafl" else "resnet18", iters_per_epoch=6)
-    return make_config(method, DATASET[method], **{**base, **kw})
+                image_size=(64, 32), dataset_opts=dict(n_train_ids=8, n_test_ids=4, images_per_cam=4), method_opts=OPTS.get(method, {}),
+                eval_every=0, progress=False, device="cuda", iters_per_epoch=6)
+    return smoke_config(method, **{**base, **kw})
 
 def weights(cfg, name=None):
     return torch.load(Path(cfg.out_dir) / (name or cfg.name) / "model.pt", weights_only=True, map_location="cpu")

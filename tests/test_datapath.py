@@ -4,19 +4,16 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-from reid_nb.engine import fit, make_config
+from reid_nb.engine import fit, load_methods, smoke_config
 
 SMALL = dict(n_train_ids=8, n_test_ids=6, images_per_cam=3)
-MARKET = dict(n_train_ids=8, n_test_ids=6, n_cams=3, cams_per_id=2, images_per_cam=3)
-CCAFL = dict(prompt_epochs=1, icdl_epochs=1, cluster_text_start=1, ical_start=1, ical_end=2, assoc_rate=1.0)
+REGISTERED = sorted(load_methods())      # every registered method, a plugin's too (`Method.smoke`: its tiny run)
 
 def _cfg(tmp, method):
-    kw = dict(data_root=str(tmp / "data"), out_dir=str(tmp / "runs"), epochs=2, batch_size=16, num_instances=4, image_size=(64, 32),
-              eval_every=1, progress=False, device="cpu")
-    if method == "ccafl": return make_config("ccafl", "synth-market", backbone="reid-tiny-rn", dataset_opts=MARKET, method_opts=CCAFL, **kw)
-    return make_config(method, "synth-prcc", dataset_opts=SMALL, method_opts={"attn_epochs": 1} if method == "ifd" else {}, **kw)
+    return smoke_config(method, data_root=str(tmp / "data"), out_dir=str(tmp / "runs"), epochs=2, batch_size=16, num_instances=4,
+                        image_size=(64, 32), eval_every=1, progress=False, device="cpu", dataset_opts=SMALL)
 
-@pytest.mark.parametrize("method", ["baseline", "ifd", "ccafl"])
+@pytest.mark.parametrize("method", REGISTERED)
 def test_fit_on_the_cache_equals_fit_on_pil(tmp_path, method):
     got = {}
     for path, kw in (("pil", {}), ("cache", dict(data_path="cache")), ("disk", dict(data_path="cache", cache_dir=str(tmp_path / "cache")))):

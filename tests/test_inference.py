@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from reid_nb.core import load_checkpoint
-from reid_nb.engine import fit, make_config
+from reid_nb.engine import fit, load_methods, make_config, smoke_config
 from reid_nb.inference import Embedder, build_for_inference, find_mask, list_images, load_model, read_run
 from reid_nb.features import embed_folder, embed_main, read_features
 from reid_nb.search import search, search_main, topk_exact
@@ -35,9 +35,12 @@ def _openai_style_vit(path: Path) -> str:
         torch.jit.save(torch.jit.trace(ref, (torch.randn(1, 3, 64, 64), open_clip.tokenize(["a person"])), strict=False), str(path))
     return "test-openai-vit"
 
+REGISTERED = sorted(load_methods())      # every registered method, a plugin's too: the checks below run for each
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    "Three small trained runs: baseline and IFD on synth-prcc (masks), CCAFL on synth-market from OpenAI-style ViT weights."
+    "Small trained runs: baseline and IFD on synth-prcc (masks), CCAFL on synth-market from OpenAI-style ViT weights, any other\n"
+    "registered method at its `smoke` setting."
     tmp = tmp_path_factory.mktemp("inference")
     kw = dict(data_root=str(tmp / "data"), out_dir=str(tmp / "runs"), **COMMON)
     fit(make_config("baseline", "synth-prcc", name="baseline", dataset_opts=SMALL, **kw))
@@ -46,17 +49,18 @@ def runs(tmp_path_factory):
     fit(make_config("ccafl", "synth-market", name="ccafl", backbone=name, weights=str(tmp / "vit-openai.pt"),
                     dataset_opts=dict(n_train_ids=8, n_test_ids=8, n_cams=3, cams_per_id=2, images_per_cam=3),
                     method_opts=dict(prompt_epochs=1, icdl_epochs=1, cluster_text_start=1, ical_start=1, ical_end=2, assoc_rate=1.0), **kw))
+    for m in set(REGISTERED) - {"baseline", "ifd", "ccafl"}: fit(smoke_config(m, name=m, dataset_opts=SMALL, **kw))
     return tmp
 
 def prcc_test(runs) -> Path: return next((runs / "data").glob("synth-prcc-*")) / "prcc" / "rgb" / "test"
 
-@pytest.mark.parametrize("method", ["baseline", "ifd", "ccafl"])
+@pytest.mark.parametrize("method", REGISTERED)
 def test_features_equal_fits(runs, method):
     "The features fit computed at its final evaluation (eval/embedding_sample.pt), from the images' paths alone."
     run = runs / "runs" / method
     sample = load_checkpoint(run / "eval" / "embedding_sample.pt")
     emb = load_model(run, device="cpu", batch_size=7)                # another batch composition than fit's
-    assert emb.needs_masks == (method == "ifd")
+    assert emb.needs_masks == bool(load_methods()[method].needs_masks)
     f = emb(sample["paths"])
     assert f.shape == sample["features"].shape
     assert (f - sample["features"]).abs().max() < 1e-5
@@ -151,7 +155,7 @@ def test_cli_embed_search_export(runs, tmp_path, capsys):
     export_main([str(run), "-o", str(tmp_path / "m.onnx"), "--images", str(test / "A")])
     assert "real images" in capsys.readouterr().out
 
-@pytest.mark.parametrize("method", ["baseline", "ifd", "ccafl"])
+@pytest.mark.parametrize("method", REGISTERED)
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_matches_pytorch(runs, tmp_path, method, fmt):
     "Each method's retrieval path exported, run by onnxruntime (or torch.jit) on random inputs of two batch sizes and real images."
