@@ -185,7 +185,7 @@ from .data import intra_camera_labels
 import torch.distributed as dist
 from fastcore.basics import patch
 from .transforms import build_transforms
-from .engine import Method, Stage, TrainConfig, register_method, extract_features, precise_bn, transform_config
+from .engine import AuxParams, Method, Stage, TrainConfig, register_method, extract_features, precise_bn, transform_config
 from .losses import triplet_loss, label_smoothed_ce
 from .samplers import CameraAwareSampler, ClassUniformSampler
 import warnings
@@ -302,7 +302,7 @@ class CCAFL(Method):
             no_text = [v for v, sw in VARIANT_SWITCHES.items() if not sw[2]]
             raise ValueError(f"CCAFL variant {self.opts.variant!r} needs CLIP's text tower; backbone {cfg.backbone!r} is an image-only "
                              f"trunk: use a variant without text ({', '.join(no_text)}) or a CLIP backbone (RN50, ViT-B-16)")
-        self.pseudo, self._log, self._pending, self._ical_opt, self._ical_state = None, {}, [], None, None
+        self.pseudo, self._log, self._pending = None, {}, []
         if data is None: return                                # for_inference: the model only
         self.ics = intra_camera_labels(data.train)
         self.num_classes = self.ics.num_classes
@@ -331,11 +331,16 @@ class CCAFL(Method):
         return [Stage("icdl", e), Stage("inter", self.cfg.epochs - e)]
     def parameters(self, model, stage):
         m = getattr(model, "module", model)
-        return [*m.visual_params(), m.id_head.weight]          # the ICAL classifier has its own optimiser (`_step_ical_classifier`)
+        return [*m.visual_params(), m.id_head.weight]          # the ICAL classifier has its own optimiser (`aux_params`)
     def features(self, model, batch): return model(batch["img"])["bn"]
     def epoch_log(self): return dict(self._log)
-    def state_dict(self): return {"ical_opt": self._ical_opt.state_dict() if self._ical_opt is not None else self._ical_state}
-    def load_state_dict(self, sd): self._ical_state = sd.get("ical_opt")
+    def aux_params(self, model):
+        "The ICAL classifier: the authors' own constant-LR Adam, stepped inside every iteration (`_step_ical_classifier`)."
+        m, o = getattr(model, "module", model), self.opts
+        return [AuxParams("ical", [m.ical], lambda ps: torch.optim.Adam(ps, lr=o.ical_lr or self.cfg.lr, weight_decay=self.cfg.weight_decay),
+                          immediate=True)]
+    def load_state_dict(self, sd):
+        if sd.get("ical_opt") and "ical" in self.aux: self.aux["ical"][1].load_state_dict(sd["ical_opt"])   # a checkpoint from before the hook
 
 # %% ../nbs/13_ccafl.ipynb #d05731a3
 def _text_logits(img: torch.Tensor, text: torch.Tensor, mode: str, scale: torch.Tensor) -> torch.Tensor:
@@ -453,16 +458,11 @@ def _centroid_triplet(f: torch.Tensor, y: torch.Tensor, centroids: torch.Tensor,
 
 @patch
 def _step_ical_classifier(self: CCAFL, m, fn: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    "One step of the ICAL classifier on detached features (16 x cosine, CE) with its own constant-LR Adam; returns its loss."
-    W = m.ical
-    if self._ical_opt is None:
-        self._ical_opt = torch.optim.Adam([W], lr=self.opts.ical_lr or self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        if self._ical_state: self._ical_opt.load_state_dict(self._ical_state)
+    "One step of the ICAL classifier on detached features (16 x cosine, CE) with its own constant-LR Adam (the engine's\n"
+    "`immediate` auxiliary group 'ical': optimiser, DDP averaging and checkpointed state); returns its loss."
     with torch.autocast(fn.device.type, enabled=False):
-        loss = F.cross_entropy(self.opts.ical_scale * fn.detach().float() @ F.normalize(W, dim=1).T, y)
-    grad, = torch.autograd.grad(loss, [W])
-    if is_distributed(): dist.all_reduce(grad); grad /= dist.get_world_size()
-    W.grad = grad; self._ical_opt.step(); W.grad = None
+        loss = F.cross_entropy(self.opts.ical_scale * fn.detach().float() @ F.normalize(m.ical, dim=1).T, y)
+    self.aux_step("ical", loss)
     return loss.detach()
 
 @patch

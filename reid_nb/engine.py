@@ -132,6 +132,7 @@ class AuxParams:
     optimizer: Callable                      # params -> torch.optim.Optimizer
     grad_scale: float = 1.0                  # BoT: 1 / center loss weight, so the centres move by the plain loss's gradient
     schedule: Callable | None = None         # epoch (0-based) -> multiplier of the initial lr; None: constant
+    immediate: bool = False                  # stepped by the method inside its loss (`Method.aux_step`), not after the backward
 
 class Method:
     "Base class. Override `build_model` and `loss`; the rest has defaults."
@@ -147,6 +148,7 @@ class Method:
     def __init__(self, cfg: TrainConfig, data: ReIDData | None):
         "`data=None`: the method without its training set, enough to build the model and compute features (`for_inference`)."
         self.cfg, self.data = cfg, data
+        self.aux = {}                        # name -> (AuxParams, optimiser), set by `prepare_run` from `aux_params`
         self.num_classes = data.num_train_pids if data is not None else 0
         self.label_set = self.mask_label_set(cfg) or Method.label_set
 
@@ -174,6 +176,18 @@ class Method:
     def epoch_log(self) -> dict: return {}             # extra columns for this epoch's log.csv row (e.g. association precision)
     def mechanism(self, model: nn.Module, samples: list, transform, device) -> dict: return {}   # method-specific mechanism metrics
     def aux_params(self, model: nn.Module) -> list[AuxParams]: return []   # parameter groups with an optimiser of their own
+
+    def aux_step(self, name: str, loss: torch.Tensor) -> None:
+        "Step the `immediate` auxiliary group `name` now, on the gradient of `loss` alone (autograd.grad: the main graph is left\n"
+        "as it is), averaged over DDP ranks, times its `grad_scale`: for a group the method must step inside its loss (CCAFL's ICAL\n"
+        "classifier, whose adversarial term reads the weights as this step leaves them)."
+        a, opt = self.aux[name]
+        grads = torch.autograd.grad(loss, a.params)
+        for p, g in zip(a.params, grads):
+            if is_distributed(): dist.all_reduce(g); g /= dist.get_world_size()
+            p.grad = g if a.grad_scale == 1 else g * a.grad_scale
+        opt.step()
+        for p in a.params: p.grad = None
     def state_dict(self) -> dict: return {}            # method state outside the model that a resume needs (e.g. an own optimiser)
     def load_state_dict(self, sd: dict) -> None: pass
 
@@ -592,7 +606,7 @@ def prepare_run(cfg: TrainConfig, origin: dict | None = None) -> Run:
     if cfg.compile: model.compile()                                     # its forward, in place: state dict keys unchanged
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=method.find_unused_parameters) if world > 1 else model
-    aux = {a.name: (a, a.optimizer(list(a.params))) for a in method.aux_params(model)}
+    aux = method.aux = {a.name: (a, a.optimizer(list(a.params))) for a in method.aux_params(model)}
     return Run(cfg, rank, world, device, amp, mem_format, data, method, model, net, rd, train_tf, test_tf, sampler, ds, cache, decoded, aux)
 
 # %% ../nbs/08_engine.ipynb #6c7385fd
@@ -675,7 +689,7 @@ def step_aux(run: Run, scaler) -> None:
     in_model = {id(p) for p in run.model.parameters()} if run.net is not run.model else set()   # DDP averages these itself
     inv = 1.0 / scaler.get_scale() if scaler.is_enabled() else 1.0
     for a, opt in run.aux.values():
-        ps = [p for p in a.params if p.grad is not None]
+        ps = [p for p in a.params if p.grad is not None] if not a.immediate else []    # immediate groups: the method stepped them
         if not ps: continue
         if run.world > 1:
             for p in ps:
