@@ -462,7 +462,7 @@ def _step_ical_classifier(self: CCAFL, m, fn: torch.Tensor, y: torch.Tensor) -> 
     "`immediate` auxiliary group 'ical': optimiser, DDP averaging and checkpointed state); returns its loss."
     with torch.autocast(fn.device.type, enabled=False):
         loss = F.cross_entropy(self.opts.ical_scale * fn.detach().float() @ F.normalize(m.ical, dim=1).T, y)
-    self.aux_step("ical", loss)
+    self.aux_step("ical", loss, m)
     return loss.detach()
 
 @patch

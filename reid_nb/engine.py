@@ -177,11 +177,16 @@ class Method:
     def mechanism(self, model: nn.Module, samples: list, transform, device) -> dict: return {}   # method-specific mechanism metrics
     def aux_params(self, model: nn.Module) -> list[AuxParams]: return []   # parameter groups with an optimiser of their own
 
-    def aux_step(self, name: str, loss: torch.Tensor) -> None:
+    def build_aux(self, model: nn.Module) -> dict:
+        "The auxiliary groups of `model` with their optimisers, built once (`prepare_run`; a method used outside `fit`: on first need)."
+        if not self.aux: self.aux = {a.name: (a, a.optimizer(list(a.params))) for a in self.aux_params(model)}
+        return self.aux
+
+    def aux_step(self, name: str, loss: torch.Tensor, model: nn.Module | None = None) -> None:
         "Step the `immediate` auxiliary group `name` now, on the gradient of `loss` alone (autograd.grad: the main graph is left\n"
         "as it is), averaged over DDP ranks, times its `grad_scale`: for a group the method must step inside its loss (CCAFL's ICAL\n"
         "classifier, whose adversarial term reads the weights as this step leaves them)."
-        a, opt = self.aux[name]
+        a, opt = (self.aux or self.build_aux(model))[name]
         grads = torch.autograd.grad(loss, a.params)
         for p, g in zip(a.params, grads):
             if is_distributed(): dist.all_reduce(g); g /= dist.get_world_size()
@@ -606,7 +611,7 @@ def prepare_run(cfg: TrainConfig, origin: dict | None = None) -> Run:
     if cfg.compile: model.compile()                                     # its forward, in place: state dict keys unchanged
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=method.find_unused_parameters) if world > 1 else model
-    aux = method.aux = {a.name: (a, a.optimizer(list(a.params))) for a in method.aux_params(model)}
+    aux = method.build_aux(model)
     return Run(cfg, rank, world, device, amp, mem_format, data, method, model, net, rd, train_tf, test_tf, sampler, ds, cache, decoded, aux)
 
 # %% ../nbs/08_engine.ipynb #6c7385fd
