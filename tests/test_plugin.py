@@ -67,10 +67,11 @@ def test_plugin_method_and_dataset_end_to_end(crops, monkeypatch):
     q = sorted((crops / "crops" / "query").glob("*.jpg"))
     assert emb(q).shape == (len(q), emb.dim)                                           # ... and reload for inference
 
+    from reid_nb.features import embed_main
+    from reid_nb.offline import eval_main
     for split in ("query", "gallery"):                                                 # the offline tools read its file names
-        run([str(BIN / "reid-embed"), str(crops / "runs" / "straight"), str(crops / "crops" / split), "-o", str(crops / f"{split}.npz"),
-             "--device", "cpu"])
-    run([str(BIN / "reid-eval"), str(crops / "query.npz"), str(crops / "gallery.npz"), "-o", str(crops / "eval.json")])
+        embed_main([str(crops / "runs" / "straight"), str(crops / "crops" / split), "-o", str(crops / f"{split}.npz"), "--device", "cpu"])
+    eval_main([str(crops / "query.npz"), str(crops / "gallery.npz"), "-o", str(crops / "eval.json")])
     ev = json.loads((crops / "eval.json").read_text())
     assert abs(ev["mAP"] - straight["protocols"]["standard"]["mAP"]) < 1e-4, (ev["mAP"], straight["protocols"]["standard"]["mAP"])
 
@@ -87,10 +88,10 @@ seeds: [0, 1, 2]
 primary: standard.mAP
 comparisons: [[center, baseline]]
 """)
-    run([str(BIN / "reid-study"), str(f), "--out", str(crops / "studies"), "--runs", str(crops / "study-runs"), "--data-root", str(crops)])
+    from reid_nb.study import load_study, run_study
+    run_study(load_study(f), crops / "studies", crops, runs_dir=crops / "study-runs")    # (reid-study: the same, tested elsewhere)
     rows = pd.read_csv(crops / "studies" / "center-vs-baseline" / "results.csv")
     methods = {r.variant: json.loads((crops / "study-runs" / r.run / "config.json").read_text())["method"] for r in rows.itertuples()}
     assert len(rows) == 6 and methods == {"baseline": "baseline", "center": "center"} and rows["standard.mAP"].notna().all()
     (crops / "bad.yaml").write_text(f.read_text().replace("center: {method: center}", "center: {method: centre}"))
-    bad = run([str(BIN / "reid-study"), str(crops / "bad.yaml"), "--dry-run"], check=False)
-    assert bad.returncode == 1 and "variant 'center'" in bad.stderr and "unknown method 'centre'" in bad.stderr and "center" in bad.stderr
+    with pytest.raises(ValueError, match=r"bad.yaml: variant 'center' .*unknown method 'centre'; registered: .*'center'"): load_study(crops / "bad.yaml")
