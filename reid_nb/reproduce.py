@@ -5,18 +5,18 @@
 # %% ../nbs/23_reproduce.ipynb #785985d3
 from __future__ import annotations
 import argparse, json, os, socket, subprocess, sys, time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from .core import atomic_write_json, atomic_write_text, user_errors
-from .data import DATASETS, DatasetLayoutError, load_dataset
+from .data import DatasetLayoutError, load_dataset
 from .study import Study, StudyRun, load_study, metric_value, run_config_of, study_runs, tolerance_of
 
 # %% auto #0
-__all__ = ['LOCK', 'missing_dataset', 'Job', 'plan_jobs', 'take_lock', 'release_lock', 'is_run', 'job_state', 'Outcome',
-           'progress_line', 'run_queue', 'cell_verdict', 'reproduction_rows', 'reproduction_summary',
+__all__ = ['LOCK', 'missing_dataset', 'Job', 'plan_jobs', 'lock_holder', 'take_lock', 'release_lock', 'is_run', 'job_state',
+           'Outcome', 'progress_line', 'run_queue', 'cell_verdict', 'reproduction_rows', 'reproduction_summary',
            'reproduction_table', 'paper_studies', 'paper_tables', 'write_reproduction', 'reproduce', 'reproduce_main']
 
 # %% ../nbs/23_reproduce.ipynb #8afde786
@@ -63,6 +63,16 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError: return False
     except PermissionError: return True
 
+def lock_holder(run_dir: Path) -> str | None:
+    "Who holds `run_dir`'s lock, or None where there is none or it is stale (left by a dead process of this host). A lock from\n"
+    "another host, or one that cannot be read yet (being written), is respected."
+    f = run_dir / LOCK
+    if not f.is_file(): return None
+    try: held = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError): held = {}
+    if held.get("host") == socket.gethostname() and not _alive(int(held.get("pid", -1))): return None
+    return f"in progress on {held.get('host', '?')} (pid {held.get('pid', '?')}, since {held.get('since', '?')}; lock {f})"
+
 def take_lock(run_dir: Path) -> str | None:
     "Claim `run_dir` for this process (a lock file created exclusively); None if claimed, else who holds it. A lock left by a\n"
     "process of this host that no longer exists is stale and taken over; one from another host is respected (delete it by hand)."
@@ -74,10 +84,9 @@ def take_lock(run_dir: Path) -> str | None:
             with os.fdopen(fd, "w") as h: json.dump(me, h)
             return None
         except FileExistsError:
-            try: held = json.loads(f.read_text())
-            except (OSError, json.JSONDecodeError): held = {}
-            if held.get("host") == me["host"] and not _alive(int(held.get("pid", -1))): f.unlink(missing_ok=True); continue
-            return f"in progress on {held.get('host', '?')} (pid {held.get('pid', '?')}, since {held.get('since', '?')}; lock {f})"
+            held = lock_holder(run_dir)
+            if held: return held
+            f.unlink(missing_ok=True)                                   # stale: taken over
     return f"lock {f} could not be taken"
 
 def release_lock(run_dir: Path) -> None:
@@ -95,11 +104,7 @@ def job_state(job: Job) -> tuple[str, str]:
     if cfg_file.is_file() and not is_run(json.loads(cfg_file.read_text()), job.cfg):
         return "other", f"{cfg_file} holds another run's config: not overwritten (move it away to rerun)"
     if (job.dir / "metrics.json").is_file() and cfg_file.is_file(): return "done", "finished"
-    f = job.dir / LOCK
-    if f.is_file():
-        held = json.loads(f.read_text() or "{}")
-        if held.get("host") != socket.gethostname() or _alive(int(held.get("pid", -1))):
-            return "locked", f"in progress on {held.get('host', '?')} (pid {held.get('pid', '?')}, since {held.get('since', '?')})"
+    if held := lock_holder(job.dir): return "locked", held
     return "todo", "resumes from its last checkpoint" if (job.dir / "checkpoints" / "last.pt").is_file() else "new"
 
 # %% ../nbs/23_reproduce.ipynb #2b6caf28
