@@ -89,7 +89,9 @@ primary: standard.mAP
 comparisons: [[center, baseline]]
 """)
     from reid_nb.study import load_study, run_study
-    run_study(load_study(f), crops / "studies", crops, runs_dir=crops / "study-runs")    # (reid-study: the same, tested elsewhere)
+    threads = torch.get_num_threads()                                # run_study sets the study's thread count in its process
+    try: run_study(load_study(f), crops / "studies", crops, runs_dir=crops / "study-runs")    # (reid-study: the same, tested elsewhere)
+    finally: torch.set_num_threads(threads)                          # later tests compare in-process runs with subprocess ones
     rows = pd.read_csv(crops / "studies" / "center-vs-baseline" / "results.csv")
     methods = {r.variant: json.loads((crops / "study-runs" / r.run / "config.json").read_text())["method"] for r in rows.itertuples()}
     assert len(rows) == 6 and methods == {"baseline": "baseline", "center": "center"} and rows["standard.mAP"].notna().all()
