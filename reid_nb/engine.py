@@ -524,7 +524,6 @@ class Run:
     ds: ImageDataset
     cache: Any = None                         # data_path="cache": the training set's DecodedCache
     decoded: dict | None = None               # ... and the evaluated lists' ({id(list): DecodedCache}, rank 0)
-    aux: dict = field(default_factory=dict)   # name -> (AuxParams, its optimiser): `Method.aux_params`, stepped by `step_aux`
 
 RUN_OUTPUTS = ("config.json", "model.json", "env.json", "metrics.json", "model.pt", "log.csv", "checkpoints", "eval", "plots", "skipped.txt")
 
@@ -611,8 +610,8 @@ def prepare_run(cfg: TrainConfig, origin: dict | None = None) -> Run:
     if cfg.compile: model.compile()                                     # its forward, in place: state dict keys unchanged
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=method.find_unused_parameters) if world > 1 else model
-    aux = method.build_aux(model)
-    return Run(cfg, rank, world, device, amp, mem_format, data, method, model, net, rd, train_tf, test_tf, sampler, ds, cache, decoded, aux)
+    method.build_aux(model)                                             # `Method.aux_params` with their optimisers: method.aux
+    return Run(cfg, rank, world, device, amp, mem_format, data, method, model, net, rd, train_tf, test_tf, sampler, ds, cache, decoded)
 
 # %% ../nbs/08_engine.ipynb #6c7385fd
 @dataclass
@@ -655,7 +654,7 @@ def restore(run: Run, scaler) -> tuple[list, int, dict | None]:
         raise ValueError(f"{ckpt} was written by another config; resume with the same config (see {run.rd.config})")
     if run.rank == 0: print(f"resume: {run.rd.path} continues after epoch {state['epoch']} (from {ckpt})", flush=True)
     run.model.load_state_dict(state["model"]); scaler.load_state_dict(state["scaler"]); run.method.load_state_dict(state.get("method", {}))
-    for name, sd in state.get("aux", {}).items(): run.aux[name][1].load_state_dict(sd)
+    for name, sd in state.get("aux", {}).items(): run.method.aux[name][1].load_state_dict(sd)
     _set_rng_state(state["rng"])
     return state["log"], state["epoch"], state
 
@@ -678,7 +677,7 @@ def train_epoch(run: Run, dl, opt: torch.optim.Optimizer, scaler, stage: Stage, 
         if cfg.grad_clip > 0:
             scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_([p for gr in opt.param_groups for p in gr["params"]], cfg.grad_clip)
         scaler.step(opt)
-        if run.aux: step_aux(run, scaler)
+        if run.method.aux: step_aux(run, scaler)
         scaler.update()
         for k, v in losses.items(): sums[k] = sums.get(k, 0) + torch.as_tensor(v).detach().to(acc)
         n_img += len(batch["img"]) * run.world; it += 1; bar.update()
@@ -693,7 +692,7 @@ def step_aux(run: Run, scaler) -> None:
     "One step of every auxiliary parameter group after the main step (see `AuxParams`)."
     in_model = {id(p) for p in run.model.parameters()} if run.net is not run.model else set()   # DDP averages these itself
     inv = 1.0 / scaler.get_scale() if scaler.is_enabled() else 1.0
-    for a, opt in run.aux.values():
+    for a, opt in run.method.aux.values():
         ps = [p for p in a.params if p.grad is not None] if not a.immediate else []    # immediate groups: the method stepped them
         if not ps: continue
         if run.world > 1:
@@ -705,7 +704,7 @@ def step_aux(run: Run, scaler) -> None:
 
 def aux_lr(run: Run, epoch: int) -> None:
     "Each auxiliary group's learning rate for `epoch`: its initial one times its schedule's factor."
-    for a, opt in run.aux.values():
+    for a, opt in run.method.aux.values():
         for g in opt.param_groups:
             g.setdefault("initial_lr", g["lr"])
             g["lr"] = g["initial_lr"] * (a.schedule(epoch) if a.schedule else 1.0)
@@ -747,7 +746,7 @@ def checkpoint_state(run: Run, opt: torch.optim.Optimizer, scaler, stage_index: 
     return {"model": run.model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
             "stage": stage_index, "epoch": epoch, "log": log, "sampler": run.sampler.state_dict(), "rng": _rng_state(),
             "method": run.method.state_dict(), "config": run_config(run.cfg),
-            **({"aux": {n: o.state_dict() for n, (_, o) in run.aux.items()}} if run.aux else {})}
+            **({"aux": {n: o.state_dict() for n, (_, o) in run.method.aux.items()}} if run.method.aux else {})}
 
 def format_row(row: dict) -> str:
     "A log row as one line; retrieval metrics (`*_mAP`, `*_R1`) in %, as the report shows them."
@@ -814,7 +813,7 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp == "fp16")
     log, start, state = restore(run, scaler)
     dl, opt = train_batches(cfg, run.ds, run.sampler, run.device, run.cache), None
-    aux = {id(p) for a, _ in run.aux.values() for p in a.params}        # trained by their own optimisers (`step_aux`)
+    aux = {id(p) for a, _ in run.method.aux.values() for p in a.params}        # trained by their own optimisers (`step_aux`)
     for si, stage, epochs in sched.spans(start, state["stage"] if state else None):
         opt = stage_optimizer([p for p in run.method.parameters(run.model, stage) if id(p) not in aux], cfg, sched.base_lr(si), opt, biases)
         if state is not None and state["stage"] == si: opt.load_state_dict(state["optimizer"])
