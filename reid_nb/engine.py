@@ -32,7 +32,8 @@ __all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'RUN_OUTPUTS', 'TrainCon
            'transform_config', 'model_spec', 'load_data', 'train_batches', 'Run', 'config_fingerprint', 'run_config',
            'same_run', 'claim_run_dir', 'prepare_run', 'Schedule', 'restore', 'train_epoch', 'step_aux', 'aux_lr',
            'precise_bn', 'settle_bn', 'evaluation_row', 'checkpoint_state', 'format_row', 'end_epoch', 'mechanism_row',
-           'finish', 'fit', 'parse_sets', 'main', 'smoke_config', 'make_config']
+           'finish', 'fit', 'eval_only_difference', 'evaluate_trained', 'parse_sets', 'main', 'smoke_config',
+           'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -142,6 +143,8 @@ class Method:
     label_set: str = "lip"                   # label set of the parsing masks, for `masked_img` in the batches
     best_on: tuple = ("R1", "cc")            # the papers' "best epoch": metric and protocol (else the first) it is chosen by (CAL's)
     train_cache = None                       # fit's DecodedCache of data.train when data_path="cache" (for passes over it)
+    eval_opts: tuple = ()                    # method_opts keys that change only the evaluation (IFD's eval_feature): a study
+                                             # variant differing in them alone evaluates another's trained model (`evaluate_trained`)
     smoke: dict = {"dataset": "synth-prcc"}  # a tiny run of this method (make_config overrides, its dataset among them) for the
                                              # checks every registered method gets: DDP, decode cache, load_model, export, CUDA
 
@@ -780,8 +783,9 @@ def mechanism_row(run: Run, feats: EvalFeatures, max_images: int = 5000) -> dict
     return {**out, **run.method.mechanism(run.model, [alls[i] for i in keep], run.test_tf, run.device)}
 
 # %% ../nbs/08_engine.ipynb #0944379a
-def finish(run: Run, log: list, total: int) -> dict:
-    "Rank 0: evaluate, write metrics.json and model.pt; every rank: leave the process group. The final metrics (rank 0) or {}."
+def finish(run: Run, log: list, total: int, extra: dict | None = None) -> dict:
+    "Rank 0: evaluate, write metrics.json (with `extra`) and model.pt; every rank: leave the process group. The final metrics\n"
+    "(rank 0) or {}."
     cfg, metrics = run.cfg, {}
     if run.rank == 0:
         settle_bn(run, total)
@@ -796,6 +800,7 @@ def finish(run: Run, log: list, total: int) -> dict:
             write_log(run.rd.log, log)
             print("final", format_row({k: v for k, v in log[-1].items() if k.endswith(("_mAP", "_R1"))}), flush=True)
             metrics["best_of_evaluated"] = best_of_evaluated(log, list(metrics["protocols"]), run.method.best_on)
+        metrics.update(extra or {})
         run.rd.write_metrics(metrics)
         atomic_torch_save(run.model.state_dict(), run.rd.path / "model.pt")
         spec = json.loads((run.rd.path / "model.json").read_text())          # the weights this run wrote, for load_model's check
@@ -831,6 +836,41 @@ def fit(cfg: TrainConfig, origin: dict | None = None) -> dict:
             end_epoch(run, log, opt, scaler, si)
             _barrier()
     return finish(run, log, sched.total)
+
+# %% ../nbs/08_engine.ipynb #b90cd905
+def eval_only_difference(a: TrainConfig, b: TrainConfig) -> list[str]:
+    "The fields in which `a` and `b` differ beyond their names and `a`'s method's evaluation-only options (`Method.eval_opts`):\n"
+    "empty when `a` may evaluate `b`'s trained model."
+    keep = set(method_class(a.method, a.plugins).eval_opts)
+    where = ("name", "overwrite", "resume", "out_dir", "data_root", "progress")       # what names or shows the run, not what it is
+    da, db = ({k: v for k, v in c.to_dict().items() if k not in where} for c in (a, b))
+    for d in (da, db): d["method_opts"] = {k: v for k, v in (d["method_opts"] or {}).items() if k not in keep}
+    return sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))
+
+def _number(v: str):
+    "A log.csv cell as written: int, float, else the text (a stage name)."
+    for t in (int, float):
+        try: return t(v)
+        except ValueError: pass
+    return v
+
+def evaluate_trained(cfg: TrainConfig, trained: str | Path) -> dict:
+    "Evaluate the finished run folder `trained` under `cfg` (the same training, other evaluation options) as run `cfg.name`;\n"
+    "nothing is trained. Its metrics (also written, with `evaluated_from`: the run and its weights' sha256)."
+    trained = Path(trained)
+    for f in ("model.pt", "model.json", "log.csv", "config.json"):
+        if not (trained / f).is_file(): raise FileNotFoundError(f"{trained / f} does not exist (expected a finished run to evaluate)")
+    other = TrainConfig.from_dict(json.loads((trained / "config.json").read_text()))
+    if bad := eval_only_difference(cfg, other):
+        raise ConfigError(f"{trained}: trained with other {bad} than run {cfg.name!r} asks for; only {list(method_class(cfg.method).eval_opts)} may differ")
+    if is_distributed(): raise RuntimeError("evaluate_trained runs in one process")
+    run = prepare_run(cfg)
+    run.model.load_state_dict(load_checkpoint(trained / "model.pt"))
+    log = [{k: _number(v) for k, v in r.items() if v != "" and not k.endswith(("_mAP", "_R1"))}   # the trained run's rows, less
+           for r in csv.DictReader(open(trained / "log.csv"))]                                     # its evaluations
+    spec = json.loads((trained / "model.json").read_text())
+    return finish(run, log, Schedule(cfg, run.method.stages()).total,
+                  extra={"evaluated_from": {"run": trained.name, "weights_sha256": spec.get("weights_sha256")}})
 
 # %% ../nbs/08_engine.ipynb #23
 def parse_sets(pairs: list[str]) -> dict:

@@ -155,6 +155,7 @@ class IFD(Method):
     find_unused_parameters = True
     presets = {"paper": ifd_paper_preset}
     smoke = {"dataset": "synth-prcc", "method_opts": {"attn_epochs": 1}}
+    eval_opts = ("eval_feature",)            # the retrieval feature: a study's bn_a arm evaluates the IFD run's model (no retraining)
 
     def __init__(self, cfg: TrainConfig, data):
         super().__init__(cfg, data)

@@ -103,10 +103,26 @@ def load_study(path: str | Path, scale: str | None = None) -> Study:
         if "seeds" in sc: s.seeds = sc["seeds"]
         if "confirm_seeds" in sc: s.confirm_seeds = sc["confirm_seeds"]
         s.name = f"{s.name}-{scale}"
-    for r in study_runs(s):             # every run's config built now: what a run would hit, `--dry-run` and the loader hit first
-        try: run_config_of(s, r, "runs", "data")
+    runs = study_runs(s)
+    cfgs = {}
+    for r in runs:                      # every run's config built now: what a run would hit, `--dry-run` and the loader hit first
+        try: cfgs[r.name] = run_config_of(s, r, "runs", "data")
         except (ValueError, TypeError, ImportError) as e: raise _bad(s.source, f"variant {r.variant!r} (run {r.name}): {e}") from None
+    _check_evaluates(s, runs, cfgs)
     return s
+
+def _check_evaluates(s: Study, runs: list, cfgs: dict) -> None:
+    "Each `evaluates:` variant names a variant that trains, at each of its points, the same run but for evaluation-only options."
+    from reid_nb.engine import eval_only_difference, method_class
+    trains = {r.name for r in runs if r.evaluates is None}
+    for r in runs:
+        if r.evaluates is None: continue
+        src = s.variants[r.variant]["evaluates"]
+        if r.evaluates not in trains:
+            raise _bad(s.source, f"variant {r.variant!r} evaluates {src!r}: that must be a declared variant that trains (run {r.evaluates} is not one)")
+        if bad := eval_only_difference(cfgs[r.name], cfgs[r.evaluates]):
+            raise _bad(s.source, f"variant {r.variant!r} evaluates {src!r} but differs from it in {bad}: only the method's evaluation options "
+                                 f"{list(method_class(cfgs[r.name].method, cfgs[r.name].plugins).eval_opts)} may")
 
 MIN_SEEDS = 3           # a declared comparison's seeds at the least (a t interval on fewer is not worth stating)
 
@@ -162,6 +178,7 @@ class StudyRun:
     seed: int
     name: str
     overrides: dict
+    evaluates: str | None = None      # the run whose trained model this one evaluates (a variant with `evaluates:`), else None
 
 def study_runs(s: Study) -> list[StudyRun]:
     "The runs `s` declares, in a fixed order (axes, then variants, then seeds and confirmation seeds)."
@@ -170,6 +187,7 @@ def study_runs(s: Study) -> list[StudyRun]:
     for combo in itertools.product(*[list(pts.items()) for _, pts in axes]):
         for v, vo in s.variants.items():
             vo = dict(vo or {}); only = vo.pop("datasets", None)          # a variant run on some of the datasets only
+            src = vo.pop("evaluates", None)                               # a variant evaluating another's trained models
             if only is not None and dict(zip(s.axes, (p for p, _ in combo))).get("dataset") not in only: continue
             for seed in [*s.seeds, *s.confirm_seeds]:
                 o = merge({**s.train, "dataset_opts": s.dataset_opts}, {})
@@ -177,7 +195,8 @@ def study_runs(s: Study) -> list[StudyRun]:
                 o = merge(o, vo or {})
                 o["seed"] = int(seed)
                 pt = {a: p for (a, _), (p, _) in zip(axes, combo)}
-                out.append(StudyRun(pt, v, int(seed), "-".join([s.name, *pt.values(), v, f"s{seed}"]), o))
+                name = lambda v: "-".join([s.name, *pt.values(), v, f"s{seed}"])
+                out.append(StudyRun(pt, v, int(seed), name(v), o, name(src) if src else None))
     return out
 
 def run_config_of(s: Study, r: StudyRun, out_dir: str | Path, data_root: str | Path):
@@ -212,20 +231,30 @@ def log_ends(path: Path) -> dict:
     if "seconds" in d: out["seconds"]["sum"] = float(d["seconds"].sum())              # the run's training time (evaluations aside)
     return out
 
+def _finished(cfg) -> dict | None:
+    "The metrics of `cfg`'s run folder when it finished with this config (wherever it lies), else None."
+    from reid_nb.engine import run_config
+    rd = Path(cfg.out_dir) / cfg.name
+    where = lambda d: {k: v for k, v in d.items() if k not in ("out_dir", "data_root")}    # the same run, wherever it lies
+    if (rd / "metrics.json").is_file() and (rd / "config.json").is_file() and where(json.loads((rd / "config.json").read_text())) == where(run_config(cfg)):
+        return json.loads((rd / "metrics.json").read_text())
+    return None
+
 def _train_one(args) -> dict:
-    "One run in a worker process: train (or reuse), return its metrics (and the ends of its log, under 'log')."
-    cfg_dict, threads = args
+    "One run in a worker process: train (or reuse; with `trained`, evaluate that run's model: `evaluates:`), return its metrics\n"
+    "(and the ends of its log, under 'log')."
+    cfg_dict, threads, trained = (*args, None)[:3]
     import torch
-    from reid_nb.engine import TrainConfig, fit, run_config
+    from reid_nb.engine import TrainConfig, evaluate_trained, fit
     torch.set_num_threads(threads)
     cfg = TrainConfig.from_dict(cfg_dict)
     rd = Path(cfg.out_dir) / cfg.name
-    done = rd / "metrics.json"
-    where = lambda d: {k: v for k, v in d.items() if k not in ("out_dir", "data_root")}    # the same run, wherever it lies
-    if done.is_file() and (rd / "config.json").is_file() and where(json.loads((rd / "config.json").read_text())) == where(run_config(cfg)):
-        return {**json.loads(done.read_text()), "log": log_ends(rd / "log.csv")}
+    m = _finished(cfg)
+    if m is not None and (trained is None or m.get("evaluated_from", {}).get("weights_sha256") ==      # an evaluation: of the
+                          json.loads((Path(trained) / "model.json").read_text()).get("weights_sha256")):   # weights there now
+        return {**m, "log": log_ends(rd / "log.csv")}
     t = time.time()
-    m = fit(cfg.replace(overwrite=True))
+    m = fit(cfg.replace(overwrite=True)) if trained is None else evaluate_trained(cfg.replace(overwrite=True), trained)
     return {**m, "seconds": time.time() - t, "log": log_ends(rd / "log.csv")}
 
 # %% ../nbs/20_study.ipynb #a5536ae1
@@ -438,14 +467,21 @@ def run_study(s: Study, out: str | Path = "runs/studies", data_root: str | Path 
     out = Path(out) / s.name
     out.mkdir(parents=True, exist_ok=True)
     runs = [r for r in study_runs(s) if only is None or r.name in only]
-    cfgs = [run_config_of(s, r, Path(runs_dir or out / "runs"), data_root).to_dict() for r in runs]   # all checked before the first run
+    runs_at = Path(runs_dir or out / "runs")
+    cfgs = [run_config_of(s, r, runs_at, data_root).to_dict() for r in runs]             # all checked before the first run
     atomic_write_text(out / "study.yaml", Path(s.source).read_text() if s.source else yaml.safe_dump(s.__dict__))
-    if jobs > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
-            metrics = list(ex.map(_train_one, [(c, s.threads) for c in cfgs]))
-    else: metrics = [_train_one((c, s.threads)) for c in cfgs]
+    # the trained runs first, then the evaluations of them (`evaluates:`)
+    args = [(c, s.threads, runs_at / r.evaluates if r.evaluates else None) for r, c in zip(runs, cfgs)]
+    done = {}
+    for phase in (False, True):
+        todo = [i for i in range(len(runs)) if (runs[i].evaluates is not None) == phase]
+        if jobs > 1 and len(todo) > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
+                done.update(zip(todo, ex.map(_train_one, [args[i] for i in todo])))
+        else: done.update((i, _train_one(args[i])) for i in todo)
+    metrics = [done[i] for i in range(len(runs))]
     rows = pd.DataFrame([results_row(s, r, m) for r, m in zip(runs, metrics)])
     atomic_write_text(out / "results.csv", rows.to_csv(index=False))
     return write_summary(s, rows, out, curves=only is None)

@@ -32,6 +32,7 @@ train: {epochs: 2, batch_size: 16, num_instances: 4, image_size: [64, 32], eval_
 variants:
   baseline: {method_opts: {variant: baseline}}
   ifd: {method_opts: {variant: ifd}}
+  ifd_bn_a: {evaluates: ifd, method_opts: {variant: ifd, eval_feature: bn_a}}
 seeds: [0, 1, 2]
 primary: cc.mAP
 metrics: [cc.R1, mechanism.camera_probe.acc]
@@ -39,7 +40,8 @@ comparisons: [[ifd, baseline]]
 """
 
 def test_ablation_notebook_runs_a_declared_study(tmp_path):
-    "Two variants x three seeds (the loader's minimum for a comparison) through nbs/ablation.ipynb: a run each, results.csv from their metrics, the summary by hand, the report."
+    "Two variants x three seeds (the loader's minimum for a comparison) and an evaluation-only variant through nbs/ablation.ipynb:\n"
+    "a run each, results.csv from their metrics, the summary by hand, the report; the evaluations equal training the variant."
     f = tmp_path / "tiny.yaml"; f.write_text(TINY)
     p = subprocess.run([str(BIN / "papermill"), str(ROOT / "nbs" / "ablation.ipynb"), str(tmp_path / "out.ipynb"), "-k", "python3",
                         "-p", "study", str(f), "-p", "data_root", str(tmp_path / "data"), "-p", "out_dir", str(tmp_path / "studies"),
@@ -47,13 +49,29 @@ def test_ablation_notebook_runs_a_declared_study(tmp_path):
     assert p.returncode == 0, p.stderr[-4000:]
     out = tmp_path / "studies" / "tiny"
     rows = pd.read_csv(out / "results.csv")
-    assert len(rows) == 6 and set(rows.variant) == {"baseline", "ifd"} and set(rows.seed) == {0, 1, 2}
+    assert len(rows) == 9 and set(rows.variant) == {"baseline", "ifd", "ifd_bn_a"} and set(rows.seed) == {0, 1, 2}
     for _, r in rows.iterrows():
         m = json.loads((tmp_path / "runs" / r.run / "metrics.json").read_text())
         c = json.loads((tmp_path / "runs" / r.run / "config.json").read_text())
-        assert c["method_opts"]["variant"] == r.variant and c["seed"] == r.seed
+        assert c["method_opts"]["variant"] == r.variant.removesuffix("_bn_a") and c["seed"] == r.seed
         assert abs(r["cc.mAP"] - 100 * m["protocols"]["cc"]["mAP"]) < 1e-9
         assert 0 <= m["mechanism"]["camera_probe"]["acc"] <= 1 and "attention_on_clothes" in m["mechanism"] or r.variant == "baseline"
+    # the bn_a arm trained nothing: IFD's weights and training log, its own evaluation, equal to training the variant itself
+    import torch
+    from reid_nb.engine import TrainConfig, fit
+    for seed in (0, 1, 2):
+        ev, tr = (tmp_path / "runs" / f"tiny-{v}-s{seed}" for v in ("ifd_bn_a", "ifd"))
+        m = json.loads((ev / "metrics.json").read_text())
+        assert m["evaluated_from"] == {"run": tr.name, "weights_sha256": json.loads((tr / "model.json").read_text())["weights_sha256"]}
+        assert (ev / "model.pt").read_bytes() == (tr / "model.pt").read_bytes() or all(torch.equal(a, b) for a, b in zip(
+            torch.load(ev / "model.pt", weights_only=True).values(), torch.load(tr / "model.pt", weights_only=True).values()))
+        assert pd.read_csv(ev / "log.csv")["seconds"].tolist() == pd.read_csv(tr / "log.csv")["seconds"].tolist()
+    threads = torch.get_num_threads(); torch.set_num_threads(1)           # the study's threads: the same arithmetic as its runs
+    try: direct = fit(TrainConfig.from_dict({**json.loads((ev / "config.json").read_text()), "name": "direct", "out_dir": str(tmp_path / "direct")}))
+    finally: torch.set_num_threads(threads)
+    for prot, d in direct["protocols"].items():
+        assert abs(d["mAP"] - m["protocols"][prot]["mAP"]) < 1e-6, (prot, d, m["protocols"][prot])
+    assert m["protocols"] != json.loads((tr / "metrics.json").read_text())["protocols"]       # it ranked another feature
     summ = json.loads((out / "summary.json").read_text())
     d = rows[rows.variant == "ifd"].set_index("seed")["cc.mAP"] - rows[rows.variant == "baseline"].set_index("seed")["cc.mAP"]
     c = summ["comparisons"][0]["cc.mAP"]
@@ -62,6 +80,7 @@ def test_ablation_notebook_runs_a_declared_study(tmp_path):
     assert (out / "curves.png").is_file() and "tiny" in (out / "claims.md").read_text()
     from reid_nb.report import collect_runs, find_run
     assert len(find_run(collect_runs(tmp_path / "runs"), "ifd", "synth-prcc", "ifd").group) == 3     # the report sees every seed
+    assert len(find_run(collect_runs(tmp_path / "runs"), "ifd", "synth-prcc", "ifd:bn_a").group) == 3
     # a second run of the notebook trains nothing: every run is reused (same config)
     before = {r: (tmp_path / "runs" / r / "model.pt").stat().st_mtime_ns for r in rows.run}
     p = subprocess.run([str(BIN / "papermill"), str(ROOT / "nbs" / "ablation.ipynb"), str(tmp_path / "out2.ipynb"), "-k", "python3",
