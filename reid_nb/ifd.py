@@ -48,10 +48,11 @@ VARIANTS = {   # Table II rows as switches: (IKT, CBD, contrastive loss on f_c)
 class IFDNet(nn.Module):
     "Main stream g_m (+ attention stream g_a, IKT, CBD heads as the variant asks)."
     def __init__(self, arch: str, num_classes: int, weights: str | None = None, variant: str = "ifd", kernel_size: int = 7,
-                 label_set: str = "lip", mask_margin: int = 0):
+                 label_set: str = "lip", mask_margin: int = 0, attn_grid: tuple | None = None):
         super().__init__()
         if variant not in VARIANTS: raise ValueError(f"IFD variant {variant!r} is not one of {list(VARIANTS)}")
         self.variant, self.label_set, self.mask_margin = variant, get_label_set(label_set), mask_margin
+        self.attn_grid = tuple(attn_grid) if attn_grid else None           # W_I's resolution (None: the feature map's own)
         self.ikt, self.cbd, self.contrastive = VARIANTS[variant]
         self.main = build_trunk(arch, weights)
         d = self.main.out_dim
@@ -80,6 +81,8 @@ class IFDNet(nn.Module):
             if self.training: out["logits_a"] = self.cls_a(out["bn_a"])
             if attention_only: return out
             W_I = self.sa(F_a)                                              # (B, 1, h, w), Eq. 1
+            if self.attn_grid:                                              # a coarser W_I: cell means, spread back over (h, w)
+                W_I = F.interpolate(F.adaptive_avg_pool2d(W_I, self.attn_grid), size=W_I.shape[-2:], mode="nearest")
             out["W_I"] = W_I
         F_g = self.main(masked_img if self.variant == "masked" else img)
         F_rg = W_I * F_g if self.ikt else F_g                               # Eq. 2
@@ -138,6 +141,8 @@ class IFDOpts(Config):
                                            # blur and JPEG spill clothes colour past the parsing; 0 = the parsing as it is
     eval_feature: str = "bn_rg"            # retrieval feature: bn_rg (the paper's f_rg) | bn_a (the attention stream's own:
                                            # a reference row, what the masked image alone ranks with inside IFD)
+    attn_grid: list | None = None          # W_I averaged over a coarser (rows, cols) grid before Eq. 2 (a dose of its spatial
+                                           # resolution; [1, 1]: one weight per image); None: the feature map's own (the paper)
 
 def ifd_paper_preset(dataset: str) -> dict:
     "The paper's setting where it is specific, CAL/AIM/FIRe's defaults where it is silent."
@@ -162,6 +167,9 @@ class IFD(Method):
         self.opts = IFDOpts.from_dict(cfg.method_opts, source="method_opts")
         if self.opts.variant not in VARIANTS: raise ValueError(f"IFD variant {self.opts.variant!r} is not one of {list(VARIANTS)}")
         if self.opts.ccl_norm not in CCL_NORMS: raise ValueError(f"IFD ccl_norm {self.opts.ccl_norm!r} is not one of {list(CCL_NORMS)}")
+        g = self.opts.attn_grid
+        if g is not None and not (len(g) == 2 and all(isinstance(x, int) and x > 0 for x in g)):
+            raise ValueError(f"IFD attn_grid {g!r}: two positive ints (rows, cols), or None for the feature map's own")
         if self.opts.eval_feature not in ("bn_rg", "bn_a") or (self.opts.eval_feature == "bn_a" and not VARIANTS[self.opts.variant][0]):
             raise ValueError(f"IFD eval_feature {self.opts.eval_feature!r}: bn_rg, or bn_a for a variant with the attention stream")
         self.ikt = VARIANTS[self.opts.variant][0]
@@ -173,7 +181,8 @@ class IFD(Method):
 
     def build_model(self) -> nn.Module:
         o = self.opts
-        return IFDNet(self.cfg.backbone, self.num_classes, self.cfg.weights, o.variant, o.attn_kernel, o.label_set, o.mask_margin)
+        return IFDNet(self.cfg.backbone, self.num_classes, self.cfg.weights, o.variant, o.attn_kernel, o.label_set, o.mask_margin,
+                      o.attn_grid)
 
     def stages(self) -> list[Stage]:
         if not self.ikt: return [Stage("joint", self.cfg.epochs)]
