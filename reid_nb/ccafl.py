@@ -254,6 +254,7 @@ class CCAFLOpts(Config):
     ical_margin: float = 0.7          # 0.3 Duke, 0.5 MSMT17
     ical_tau: float = 0.2
     ical_lr: float | None = None      # the ICAL classifier's own constant-LR Adam (None: cfg.lr, as the authors)
+    ical_weight: float = 1.0          # the adversarial loss's weight in the sum (the authors add it unweighted); a dose for studies
     text_logits: str = "dot"          # dot: raw dot products of CLIP's features (authors) | cosine: logit_scale * cosine (CLIP)
     text_smoothing: float = 0.1       # label smoothing of the image-to-text CE in stages 2-3 (authors)
     text_smoothing_classes: int | None = None   # the cluster-text CE's K in eps/K: None, the cluster count (intended) | 4821 (authors')
@@ -528,7 +529,8 @@ def _inter_losses(self: CCAFL, m, out, fn, y, cam_of, epoch) -> dict:
             cc, cam = self.cls_cam.to(y.device), cam_of[ok]
             pos = ((self.pseudo[None] == p[:, None]) & (cc[None] != cam[:, None])) | F.one_hot(yk, self.num_classes).bool()
             cos = f @ F.normalize(m.ical.detach(), dim=1).T            # the classifier as this iteration's step left it
-            L["ical_adv"] = ical_adversarial_loss(cos, yk, pos, cc[None] == cam[:, None], o.ical_scale, o.ical_margin, o.ical_tau, o.ical_eps)
+            L["ical_adv"] = o.ical_weight * ical_adversarial_loss(cos, yk, pos, cc[None] == cam[:, None], o.ical_scale, o.ical_margin,
+                                                                  o.ical_tau, o.ical_eps)
     fd, pd = _gather(fn.detach()), _gather(ps)
     self._pending.append(lambda: self._hard_update(fd, pd))    # pd -1: no pseudo identity, no update
     return L
