@@ -96,7 +96,7 @@ def first_losses(cfg):
 
 def precision_section(rep, a, root, dev):
     amps = ["bf16"] + (["fp16"] if dev.type == "cuda" else [])
-    for m in METHODS:
+    for m in a.methods:
         base = first_losses(cfg_for(m, a, root, amp="off", seed=0, memory_format="contiguous"))
         for amp in amps:
             low = first_losses(cfg_for(m, a, root, amp=amp, seed=0, memory_format="contiguous"))
@@ -120,7 +120,7 @@ def same_weights(a, b): return a.keys() == b.keys() and all(torch.equal(a[k], b[
 def determinism_section(rep, a, root, dev):
     from reid_nb.engine import fit
     from reid_nb.core import load_checkpoint
-    for m in (METHODS if not a.quick else ("baseline", "ifd")):
+    for m in (a.methods if not a.quick else [m for m in a.methods if m in ("baseline", "ifd")]):
         cfg = cfg_for(m, a, root, deterministic=True, epochs=3, name=f"det-{m}")
         fit(cfg); w1 = weights(Path(cfg.out_dir) / cfg.name)
         fit(cfg.replace(name=f"det2-{m}")); w2 = weights(Path(cfg.out_dir) / f"det2-{m}")
@@ -155,7 +155,7 @@ def last_rate(cfg):
 def speed_section(rep, a, root, dev, deadline):
     from train_bench import bare, enter_last_stage, setup
     from reid_nb.engine import fit, train_batches, _to
-    for m in METHODS:
+    for m in a.methods:
         if time.perf_counter() > deadline: rep.add("speed", f"{m}: skipped", "the time budget ran out"); continue
         cfg = cfg_for(m, a, root, name=f"speed-{m}")
         run = setup(cfg)
@@ -217,7 +217,10 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=8, help="PIL path DataLoader workers"); ap.add_argument("--budget-s", type=float, default=420)
     ap.add_argument("--compile", action="store_true", help="with --quick on a CPU: the compile check too (minutes)")
     ap.add_argument("--sections", default="env,precision,determinism,speed,eval,cuda")
+    ap.add_argument("--methods", default=",".join(METHODS), help="the methods of the per-method sections (default: every registered one)")
     a = ap.parse_args(argv)
+    a.methods = a.methods.split(",")
+    if unknown := [m for m in a.methods if m not in METHODS]: raise SystemExit(f"gpu_check: unknown method(s) {unknown}; registered: {list(METHODS)}")
     a.iters = a.iters or (3 if a.quick else 20)
     if a.quick: a.workers = 0
     dev = torch.device(a.device)

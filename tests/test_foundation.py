@@ -70,10 +70,8 @@ def test_papermill_parameter_reaches_notebook(tmp_path):
     text = out.read_text()
     assert "RESULT dataset=ltcc epochs=3" in text
 
-def test_papermill_misspelt_parameter_fails(tmp_path):
-    p, out = _papermill(tmp_path, ("epochz", 3))
-    assert p.returncode != 0
-    assert "did you mean 'epochs'" in p.stderr + out.read_text()
+# a misspelt papermill parameter failing with "did you mean": test_engine.test_train_notebook_rejects_bad_parameters, on the
+# train notebook itself (core.Config.from_params)
 
 def test_sync_check_detects_drift(tmp_path):
     "The CI sync check judges export and clean, not commit state: a copy with an uncommitted in-sync edit passes, a hand-edited\n"

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from reid_nb.study import load_study, study_runs, run_config_of, summarise, claims_markdown
-from conftest import ROOT, BIN
+from conftest import ROOT, BIN, cli_here
 
 STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
 
@@ -98,7 +98,7 @@ def test_ablation_notebook_runs_a_declared_study(tmp_path):
 ])
 def test_bad_study_file_is_one_line_error(tmp_path, change, message):
     f = tmp_path / "bad.yaml"; f.write_text(change(TINY))
-    p = subprocess.run([str(BIN / "reid-study"), str(f), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    p = cli_here("reid-study", f, "--out", tmp_path / "o")                   # the console script's function, in this process
     assert p.returncode == 1 and message in p.stderr and str(f) in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "o").exists()                                         # nothing ran, nothing written
 
