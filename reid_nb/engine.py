@@ -542,7 +542,9 @@ def run_config(cfg: TrainConfig) -> dict:
 def same_run(recorded: dict, cfg: TrainConfig) -> bool:
     "Is `recorded` (a config.json or checkpoint's config) the run `cfg` describes? Fields added to TrainConfig after it was"
     "written count at their defaults, so a run from an older reid_nb resumes; a field it has that this one lacks does not match."
-    try: return run_config(TrainConfig.from_dict(recorded)) == run_config(cfg)
+    "Where the data and the runs are mounted (`data_root`, `out_dir`) is not part of it: another machine may resume the run."
+    where = lambda c: {**run_config(c), "data_root": None, "out_dir": None}
+    try: return where(TrainConfig.from_dict(recorded)) == where(cfg)
     except (ConfigError, TypeError, ValueError): return False
 
 def claim_run_dir(rd: RunDir, cfg: TrainConfig, remove: bool = True) -> None:

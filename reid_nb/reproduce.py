@@ -95,7 +95,7 @@ def release_lock(run_dir: Path) -> None:
 def is_run(recorded: dict, cfg) -> bool:
     "Is `recorded` (a run's config.json) the run `cfg` declares, wherever the data and the runs folder are mounted?"
     from reid_nb.engine import same_run
-    return same_run({**recorded, "data_root": cfg.data_root, "out_dir": cfg.out_dir}, cfg)
+    return same_run(recorded, cfg)                                   # same_run leaves the mounts out
 
 def job_state(job: Job) -> tuple[str, str]:
     "('done' | 'todo' | 'locked' | 'other', why): finished as declared; to run (new, or resumed from its last checkpoint);\n"
