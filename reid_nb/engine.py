@@ -864,7 +864,7 @@ def evaluate_trained(cfg: TrainConfig, trained: str | Path) -> dict:
         if not (trained / f).is_file(): raise FileNotFoundError(f"{trained / f} does not exist (expected a finished run to evaluate)")
     other = TrainConfig.from_dict(json.loads((trained / "config.json").read_text()))
     if bad := eval_only_difference(cfg, other):
-        raise ConfigError(f"{trained}: trained with other {bad} than run {cfg.name!r} asks for; only {list(method_class(cfg.method).eval_opts)} may differ")
+        raise ConfigError(f"{trained}: trained with other {bad} than run {cfg.name!r} asks for; only {list(method_class(cfg.method, cfg.plugins).eval_opts)} may differ")
     if is_distributed(): raise RuntimeError("evaluate_trained runs in one process")
     run = prepare_run(cfg)
     run.model.load_state_dict(load_checkpoint(trained / "model.pt"))

@@ -232,11 +232,10 @@ def log_ends(path: Path) -> dict:
     return out
 
 def _finished(cfg) -> dict | None:
-    "The metrics of `cfg`'s run folder when it finished with this config (wherever it lies), else None."
-    from reid_nb.engine import run_config
+    "The metrics of `cfg`'s run folder when it finished with this config (wherever it lies: `same_run`), else None."
+    from reid_nb.engine import same_run
     rd = Path(cfg.out_dir) / cfg.name
-    where = lambda d: {k: v for k, v in d.items() if k not in ("out_dir", "data_root")}    # the same run, wherever it lies
-    if (rd / "metrics.json").is_file() and (rd / "config.json").is_file() and where(json.loads((rd / "config.json").read_text())) == where(run_config(cfg)):
+    if (rd / "metrics.json").is_file() and (rd / "config.json").is_file() and same_run(json.loads((rd / "config.json").read_text()), cfg):
         return json.loads((rd / "metrics.json").read_text())
     return None
 
