@@ -56,7 +56,7 @@ evidence: install
 # studies/results/ as above. Run so far (README): all but ifd-pretrained-L, ifd-tau, ccafl-ical-weight and ccafl-budget-pretrained
 # (declared, not yet run: ~5.5 h more on 2 cores)
 PRETRAINED_STUDIES := ifd-pretrained ccafl-pretrained ifd-dose ccafl-dose ifd-budget-pretrained ifd-pretrained-L \
-                      ifd-attn-grid ifd-tau ccafl-ical-weight ccafl-budget-pretrained
+                      ifd-attn-grid ifd-tau ccafl-ical-weight ccafl-budget-pretrained ifd-attn-stage
 evidence-pretrained: install
 	for s in $(PRETRAINED_STUDIES); do \
 	  OMP_NUM_THREADS=1 $(BIN)/reid-study studies/$$s.yaml --out studies/results --runs runs/studies/$$s --jobs 2 || exit 1; done

@@ -45,16 +45,27 @@ VARIANTS = {   # Table II rows as switches: (IKT, CBD, contrastive loss on f_c)
     "masked": (False, False, None), # reference, not a Table II row: the baseline trained and tested on the clothes-masked image
 }
 
+def _check_stage(trunk: nn.Module, arch: str, k: int | None) -> int | None:
+    "`k` where W_I can apply after the first k of `trunk`'s blocks: a trunk whose `body` is a sequence (ResNet, MobileNetV2)."
+    if k is None: return None
+    body = getattr(trunk, "body", None)
+    if not isinstance(body, nn.Sequential):
+        raise ValueError(f"IFD attn_stage {k!r}: backbone {arch!r} is not a sequence of blocks (ResNet and MobileNetV2 are); leave it None")
+    if not (isinstance(k, int) and 0 <= k <= len(body)):
+        raise ValueError(f"IFD attn_stage {k!r}: an int from 0 (W_I on the image) to {len(body)} (the end, the paper's) for {arch}")
+    return k
+
 class IFDNet(nn.Module):
     "Main stream g_m (+ attention stream g_a, IKT, CBD heads as the variant asks)."
     def __init__(self, arch: str, num_classes: int, weights: str | None = None, variant: str = "ifd", kernel_size: int = 7,
-                 label_set: str = "lip", mask_margin: int = 0, attn_grid: tuple | None = None):
+                 label_set: str = "lip", mask_margin: int = 0, attn_grid: tuple | None = None, attn_stage: int | None = None):
         super().__init__()
         if variant not in VARIANTS: raise ValueError(f"IFD variant {variant!r} is not one of {list(VARIANTS)}")
         self.variant, self.label_set, self.mask_margin = variant, get_label_set(label_set), mask_margin
         self.attn_grid = tuple(attn_grid) if attn_grid else None           # W_I's resolution (None: the feature map's own)
         self.ikt, self.cbd, self.contrastive = VARIANTS[variant]
         self.main = build_trunk(arch, weights)
+        self.attn_stage = _check_stage(self.main, arch, attn_stage)       # W_I's place: after that many trunk blocks (None: the end)
         d = self.main.out_dim
         self.bn_rg, self.cls_m = _bnneck(d), nn.Linear(d, num_classes, bias=False)
         if self.ikt:
@@ -64,6 +75,12 @@ class IFDNet(nn.Module):
         if self.cbd: self.bn_c = _bnneck(d)
         for m in self.modules():
             if isinstance(m, nn.Linear): nn.init.normal_(m.weight, std=0.001)
+
+    def _split(self, trunk: nn.Module, x: torch.Tensor) -> tuple:
+        "(the map after the first `attn_stage` blocks, the trunk's output): the output twice where W_I is at the end."
+        if self.attn_stage is None: f = trunk(x); return f, f
+        A = trunk.body[:self.attn_stage](x)
+        return A, trunk.body[self.attn_stage:](A)
 
     def attention_params(self):
         "The attention stream and its ID head: what the first phase trains."
@@ -76,16 +93,20 @@ class IFDNet(nn.Module):
         if (self.ikt or self.variant == "masked") and masked_img is None:
             raise ValueError("IFD's attention stream needs the clothes-masked image (load the dataset with masks)")
         if self.ikt:
-            F_a = self.attn(masked_img)                                     # (B, C, h, w)
+            A, F_a = self._split(self.attn, masked_img)                    # A: the map W_I is computed from; F_a: (B, C, h, w)
             out["bn_a"] = self.bn_a(F_a.mean((-2, -1)))
             if self.training: out["logits_a"] = self.cls_a(out["bn_a"])
             if attention_only: return out
-            W_I = self.sa(F_a)                                              # (B, 1, h, w), Eq. 1
+            W_I = self.sa(A)                                                # (B, 1, h, w), Eq. 1
             if self.attn_grid:                                              # a coarser W_I: cell means, spread back over (h, w)
                 W_I = F.interpolate(F.adaptive_avg_pool2d(W_I, self.attn_grid), size=W_I.shape[-2:], mode="nearest")
             out["W_I"] = W_I
-        F_g = self.main(masked_img if self.variant == "masked" else img)
-        F_rg = W_I * F_g if self.ikt else F_g                               # Eq. 2
+        x = masked_img if self.variant == "masked" else img
+        if self.ikt and self.attn_stage is not None:                        # Eq. 2 at an earlier stage, the rest of g_m after it
+            k = self.attn_stage; F_rg = self.main.body[k:](W_I * self.main.body[:k](x))
+        else:
+            F_g = self.main(x)
+            F_rg = W_I * F_g if self.ikt else F_g                           # Eq. 2
         out["f_rg"] = F_rg.mean((-2, -1))
         out["bn_rg"] = self.bn_rg(out["f_rg"])                              # the retrieval feature
         if self.training: out["logits_m"] = self.cls_m(out["bn_rg"])
@@ -143,6 +164,8 @@ class IFDOpts(Config):
                                            # a reference row, what the masked image alone ranks with inside IFD)
     attn_grid: list | None = None          # W_I averaged over a coarser (rows, cols) grid before Eq. 2 (a dose of its spatial
                                            # resolution; [1, 1]: one weight per image); None: the feature map's own (the paper)
+    attn_stage: int | None = None          # W_I computed and applied after this many trunk blocks (a dose of its depth; 0: on
+                                           # the image), the main stream's later blocks run on the weighted map; None: the end
 
 def ifd_paper_preset(dataset: str) -> dict:
     "The paper's setting where it is specific, CAL/AIM/FIRe's defaults where it is silent."
@@ -182,7 +205,7 @@ class IFD(Method):
     def build_model(self) -> nn.Module:
         o = self.opts
         return IFDNet(self.cfg.backbone, self.num_classes, self.cfg.weights, o.variant, o.attn_kernel, o.label_set, o.mask_margin,
-                      o.attn_grid)
+                      o.attn_grid, o.attn_stage)
 
     def stages(self) -> list[Stage]:
         if not self.ikt: return [Stage("joint", self.cfg.epochs)]
