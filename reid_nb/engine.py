@@ -32,8 +32,8 @@ __all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'RUN_OUTPUTS', 'TrainCon
            'transform_config', 'model_spec', 'load_data', 'train_batches', 'Run', 'config_fingerprint', 'run_config',
            'same_run', 'claim_run_dir', 'prepare_run', 'Schedule', 'restore', 'train_epoch', 'step_aux', 'aux_lr',
            'precise_bn', 'settle_bn', 'evaluation_row', 'checkpoint_state', 'format_row', 'end_epoch', 'mechanism_row',
-           'finish', 'fit', 'eval_only_difference', 'evaluate_trained', 'parse_sets', 'main', 'smoke_config',
-           'make_config']
+           'finish', 'fit', 'eval_only_difference', 'evaluate_trained', 'evaluation_current', 'parse_sets', 'main',
+           'smoke_config', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -873,6 +873,12 @@ def evaluate_trained(cfg: TrainConfig, trained: str | Path) -> dict:
     spec = json.loads((trained / "model.json").read_text())
     return finish(run, log, Schedule(cfg, run.method.stages()).total,
                   extra={"evaluated_from": {"run": trained.name, "weights_sha256": spec.get("weights_sha256")}})
+
+def evaluation_current(metrics: dict | None, trained: str | Path) -> bool:
+    "Did `metrics` (an `evaluate_trained` run's) come from the weights now in the run folder `trained`? (False: evaluate again.)"
+    spec = Path(trained) / "model.json"
+    return bool(metrics) and spec.is_file() and \
+        (metrics.get("evaluated_from") or {}).get("weights_sha256") == json.loads(spec.read_text()).get("weights_sha256")
 
 # %% ../nbs/08_engine.ipynb #23
 def parse_sets(pairs: list[str]) -> dict:

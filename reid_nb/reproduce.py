@@ -16,8 +16,9 @@ from .study import Study, StudyRun, load_study, metric_value, run_config_of, stu
 
 # %% auto #0
 __all__ = ['LOCK', 'missing_dataset', 'Job', 'plan_jobs', 'lock_holder', 'take_lock', 'release_lock', 'is_run', 'job_state',
-           'Outcome', 'progress_line', 'run_queue', 'cell_verdict', 'reproduction_rows', 'reproduction_summary',
-           'reproduction_table', 'paper_studies', 'paper_tables', 'write_reproduction', 'reproduce', 'reproduce_main']
+           'Outcome', 'evaluate_queue', 'progress_line', 'run_queue', 'cell_verdict', 'reproduction_rows',
+           'reproduction_summary', 'reproduction_table', 'headroom_lines', 'paper_studies', 'paper_tables',
+           'write_reproduction', 'reproduce', 'reproduce_main']
 
 # %% ../nbs/23_reproduce.ipynb #8afde786
 def missing_dataset(name: str, root: str | Path, masks: bool = False) -> str | None:
@@ -37,6 +38,7 @@ class Job:
     cfg: "TrainConfig"
     gpus: int = 1                        # > 1: DDP over that many GPUs (torchrun)
     hours: float | None = None           # the study's expected GPU hours per run (None: not declared)
+    evaluates: Path | None = None        # an `evaluates:` variant's run: the trained run folder it evaluates (nothing trains)
     @property
     def name(self) -> str: return self.cfg.name
     @property
@@ -52,7 +54,8 @@ def plan_jobs(studies: list[Study], data: str | Path, runs_dir: str | Path, seed
         for r in study_runs(s):
             cfg = run_config_of(s, r, runs_dir, data)
             info = s.run_info.get(cfg.dataset, {})
-            out.append(Job(s, r, cfg, info.get("gpus", 1), (info.get("expected") or {}).get("gpu_hours")))
+            out.append(Job(s, r, cfg, info.get("gpus", 1), (info.get("expected") or {}).get("gpu_hours"),
+                           Path(runs_dir) / r.evaluates if r.evaluates else None))
     return out
 
 # %% ../nbs/23_reproduce.ipynb #369a50d0
@@ -98,13 +101,18 @@ def is_run(recorded: dict, cfg) -> bool:
     return same_run(recorded, cfg)                                   # same_run leaves the mounts out
 
 def job_state(job: Job) -> tuple[str, str]:
-    "('done' | 'todo' | 'locked' | 'other', why): finished as declared; to run (new, or resumed from its last checkpoint);\n"
-    "held by another invocation; or its folder holds another run (never overwritten)."
+    "('done' | 'todo' | 'locked' | 'other', why): finished as declared (an `evaluates:` run: from its trained run's weights as\n"
+    "they are now); to run (new, or resumed from its last checkpoint); held by another invocation; or its folder holds another\n"
+    "run (never overwritten)."
+    from reid_nb.engine import evaluation_current
     cfg_file = job.dir / "config.json"
     if cfg_file.is_file() and not is_run(json.loads(cfg_file.read_text()), job.cfg):
         return "other", f"{cfg_file} holds another run's config: not overwritten (move it away to rerun)"
-    if (job.dir / "metrics.json").is_file() and cfg_file.is_file(): return "done", "finished"
+    if (job.dir / "metrics.json").is_file() and cfg_file.is_file():
+        if job.evaluates is None: return "done", "finished"
+        if evaluation_current(json.loads((job.dir / "metrics.json").read_text()), job.evaluates): return "done", "evaluated"
     if held := lock_holder(job.dir): return "locked", held
+    if job.evaluates is not None: return "todo", f"evaluates {job.evaluates.name}'s weights (after it finishes)"
     return "todo", "resumes from its last checkpoint" if (job.dir / "checkpoints" / "last.pt").is_file() else "new"
 
 # %% ../nbs/23_reproduce.ipynb #2b6caf28
@@ -130,7 +138,24 @@ def _run_here(job: Job) -> Outcome:
     from reid_nb.engine import fit
     t = time.time()
     try: fit(job.cfg.replace(resume=True), origin={"command": "reid-reproduce"}); return Outcome(job.name, "ran", time.time() - t)
-    except Exception as e: return Outcome(job.name, "failed", time.time() - t, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    except Exception as e: return Outcome(job.name, "failed", time.time() - t, _one_line(e))
+
+def _one_line(e: Exception) -> str: return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+def evaluate_queue(jobs: list[Job]) -> list[Outcome]:
+    "The `evaluates:` runs, in this process after the training queue: each evaluates its trained run's weights (nothing trains;\n"
+    "seconds on the device its config names); one whose trained run has not finished is skipped, to be evaluated next time."
+    from reid_nb.engine import evaluate_trained
+    out = []
+    for job in jobs:
+        if not (job.evaluates / "metrics.json").is_file():
+            out.append(Outcome(job.name, "skipped", message=f"evaluates {job.evaluates.name}, which has not finished")); continue
+        if held := take_lock(job.dir): out.append(Outcome(job.name, "skipped", message=held)); continue
+        t = time.time()
+        try: evaluate_trained(job.cfg.replace(overwrite=True), job.evaluates); out.append(Outcome(job.name, "ran", time.time() - t))
+        except Exception as e: out.append(Outcome(job.name, "failed", time.time() - t, _one_line(e)))
+        finally: release_lock(job.dir)
+    return out
 
 # %% ../nbs/23_reproduce.ipynb #4b8cda1b
 def _hms(s: float) -> str: return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
@@ -190,14 +215,17 @@ def run_queue(jobs: list[Job], gpus: list[str] | None = None, workers: int = 1, 
     return outcomes
 
 # %% ../nbs/23_reproduce.ipynb #f02e021c
+def _finished_runs(s: Study, runs_dir: Path):
+    "(run, its config, its metrics.json) for each declared run of `s` that finished with the config the study declares."
+    for r in study_runs(s):
+        cfg, d = run_config_of(s, r, runs_dir, "data"), runs_dir / r.name
+        if (d / "metrics.json").is_file() and (d / "config.json").is_file() and is_run(json.loads((d / "config.json").read_text()), cfg):
+            yield r, cfg, json.loads((d / "metrics.json").read_text())
+
 def _runs_of(s: Study, runs_dir: Path) -> dict:
     "(variant, dataset) -> [metrics.json of each finished seed whose recorded config is the run the study declares]."
     out = {}
-    for r in study_runs(s):
-        cfg = run_config_of(s, r, runs_dir, "data")
-        d = runs_dir / r.name
-        ok = (d / "metrics.json").is_file() and (d / "config.json").is_file() and is_run(json.loads((d / "config.json").read_text()), cfg)
-        out.setdefault((r.variant, cfg.dataset), []).extend([json.loads((d / "metrics.json").read_text())] if ok else [])
+    for r, cfg, m in _finished_runs(s, runs_dir): out.setdefault((r.variant, cfg.dataset), []).append(m)
     return out
 
 def _mean_sd(v: list) -> tuple:
@@ -251,6 +279,27 @@ def reproduction_table(s: Study, runs_dir: str | Path):
                   "difference and verdict: the best evaluated epoch (the papers' reporting) where the run evaluated that metric per "
                   "epoch (mAP, R1), else the last epoch (R5, R10)"])
 
+# %% ../nbs/23_reproduce.ipynb #35a77fcc
+def headroom_lines(s: Study, runs_dir: str | Path) -> list[str]:
+    "One line per dataset and `headroom:` method of `s`: the share of the baseline-to-ceiling gap it closes in the primary\n"
+    "metric (the three means; a 95% bootstrap interval over seeds where there are several)."
+    from reid_nb.study import gap_share
+    if not s.headroom: return []
+    h, by, out = s.headroom, {}, []
+    for r, cfg, m in _finished_runs(s, Path(runs_dir)):
+        if (v := metric_value(m, s.primary)) is not None: by.setdefault(cfg.dataset, {}).setdefault(r.variant, {})[r.seed] = v
+    for ds, per in by.items():
+        b, c = per.get(h["baseline"], {}), per.get(h["ceiling"], {})
+        for v in h["methods"]:
+            seeds = sorted(set(per.get(v, {})) & set(b) & set(c))
+            if not seeds: continue
+            mean = lambda d: sum(d[x] for x in seeds) / len(seeds)
+            g = gap_share([per[v][x] for x in seeds], [b[x] for x in seeds], [c[x] for x in seeds])
+            iv = f" [{100 * g['low']:.0f}%, {100 * g['high']:.0f}%]" if len(seeds) > 1 else ""
+            out.append(f"{ds}: {v} closes {100 * g['share']:.0f}%{iv} of the {h['baseline']}-to-{h['ceiling']} gap in {s.primary} "
+                       f"({h['baseline']} {mean(b):.1f}, {h['ceiling']} {mean(c):.1f}, {v} {mean(per[v]):.1f}; {len(seeds)} seed(s))")
+    return out
+
 # %% ../nbs/23_reproduce.ipynb #cc1fffbf
 def paper_studies(root: str | Path | None = None) -> list[Path]:
     "The declared paper studies, `studies/paper-*.yaml` of the project."
@@ -269,6 +318,8 @@ def write_reproduction(studies: list[Study], runs_dir: Path, out: Path, missing:
     tables = [reproduction_table(s, runs_dir) for s in studies]
     lines = [t.notes[0] for t in tables]
     extra = ["", "**Datasets not found** (their cells say 'no run'):", *[f"- {m}" for m in missing.values() if m]] if any(missing.values()) else []
+    heads = [f"- {s.name}, {l}" for s in studies for l in headroom_lines(s, runs_dir)]
+    extra += ["", "**Headroom** (reid_nb's reference arms, not in the papers):", *heads] if heads else []
     bad = [o for o in outcomes if o.status != "ran"]
     extra += ["", "**Runs not trained in this invocation:**", *[f"- {o.name}: {o.status}, {o.message}" for o in bad]] if bad else []
     out.mkdir(parents=True, exist_ok=True)
@@ -300,7 +351,8 @@ def reproduce(data: str | Path, studies: list | None = None, runs_dir: str | Pat
     for j in all_jobs:
         if state[j.name][0] in ("locked", "other"): print(f"[reproduce] {j.name}: {state[j.name][1]}", flush=True)
     todo = [j for j in all_jobs if state[j.name][0] == "todo"]
-    outcomes = run_queue(todo, gpus, jobs, runs_dir / "_logs", threads=max(s.threads for s in ss))
+    outcomes = run_queue([j for j in todo if j.evaluates is None], gpus, jobs, runs_dir / "_logs", threads=max(s.threads for s in ss))
+    outcomes += evaluate_queue([j for j in todo if j.evaluates is not None])      # after the runs they evaluate
     lines = write_reproduction(ss, runs_dir, out, missing, outcomes)
     for l in lines: print(l, flush=True)
     result = {"data": str(data), "runs_dir": str(runs_dir), "report": str(out / "reproduction.md"), "missing": {d: m for d, m in missing.items() if m},

@@ -244,13 +244,12 @@ def _train_one(args) -> dict:
     "(and the ends of its log, under 'log')."
     cfg_dict, threads, trained = (*args, None)[:3]
     import torch
-    from reid_nb.engine import TrainConfig, evaluate_trained, fit
+    from reid_nb.engine import TrainConfig, evaluate_trained, evaluation_current, fit
     torch.set_num_threads(threads)
     cfg = TrainConfig.from_dict(cfg_dict)
     rd = Path(cfg.out_dir) / cfg.name
     m = _finished(cfg)
-    if m is not None and (trained is None or m.get("evaluated_from", {}).get("weights_sha256") ==      # an evaluation: of the
-                          json.loads((Path(trained) / "model.json").read_text()).get("weights_sha256")):   # weights there now
+    if m is not None and (trained is None or evaluation_current(m, trained)):       # an evaluation: of the weights there now
         return {**m, "log": log_ends(rd / "log.csv")}
     t = time.time()
     m = fit(cfg.replace(overwrite=True)) if trained is None else evaluate_trained(cfg.replace(overwrite=True), trained)
