@@ -217,10 +217,10 @@ def run_queue(jobs: list[Job], gpus: list[str] | None = None, workers: int = 1, 
 # %% ../nbs/23_reproduce.ipynb #f02e021c
 def _finished_runs(s: Study, runs_dir: Path):
     "(run, its config, its metrics.json) for each declared run of `s` that finished with the config the study declares."
+    from reid_nb.study import _finished                                # the study runner's own test of a finished run
     for r in study_runs(s):
-        cfg, d = run_config_of(s, r, runs_dir, "data"), runs_dir / r.name
-        if (d / "metrics.json").is_file() and (d / "config.json").is_file() and is_run(json.loads((d / "config.json").read_text()), cfg):
-            yield r, cfg, json.loads((d / "metrics.json").read_text())
+        cfg = run_config_of(s, r, runs_dir, "data")
+        if (m := _finished(cfg)) is not None: yield r, cfg, m
 
 def _runs_of(s: Study, runs_dir: Path) -> dict:
     "(variant, dataset) -> [metrics.json of each finished seed whose recorded config is the run the study declares]."
