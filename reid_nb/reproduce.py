@@ -12,7 +12,7 @@ import pandas as pd
 
 from .core import atomic_write_json, atomic_write_text, user_errors
 from .data import DatasetLayoutError, load_dataset
-from .study import Study, StudyRun, load_study, metric_value, run_config_of, study_runs, tolerance_of
+from .study import Study, StudyRun, _finished, gap_share, load_study, metric_value, run_config_of, study_runs, tolerance_of
 
 # %% auto #0
 __all__ = ['LOCK', 'missing_dataset', 'Job', 'plan_jobs', 'lock_holder', 'take_lock', 'release_lock', 'is_run', 'job_state',
@@ -217,10 +217,9 @@ def run_queue(jobs: list[Job], gpus: list[str] | None = None, workers: int = 1, 
 # %% ../nbs/23_reproduce.ipynb #f02e021c
 def _finished_runs(s: Study, runs_dir: Path):
     "(run, its config, its metrics.json) for each declared run of `s` that finished with the config the study declares."
-    from reid_nb.study import _finished                                # the study runner's own test of a finished run
     for r in study_runs(s):
         cfg = run_config_of(s, r, runs_dir, "data")
-        if (m := _finished(cfg)) is not None: yield r, cfg, m
+        if (m := _finished(cfg)) is not None: yield r, cfg, m    # the study runner's own test of a finished run
 
 def _runs_of(s: Study, runs_dir: Path) -> dict:
     "(variant, dataset) -> [metrics.json of each finished seed whose recorded config is the run the study declares]."
@@ -283,7 +282,6 @@ def reproduction_table(s: Study, runs_dir: str | Path):
 def headroom_lines(s: Study, runs_dir: str | Path) -> list[str]:
     "One line per dataset and `headroom:` method of `s`: the share of the baseline-to-ceiling gap it closes in the primary\n"
     "metric (the three means; a 95% bootstrap interval over seeds where there are several)."
-    from reid_nb.study import gap_share
     if not s.headroom: return []
     h, by, out = s.headroom, {}, []
     for r, cfg, m in _finished_runs(s, Path(runs_dir)):
