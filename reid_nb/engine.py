@@ -528,7 +528,7 @@ class Run:
     cache: Any = None                         # data_path="cache": the training set's DecodedCache
     decoded: dict | None = None               # ... and the evaluated lists' ({id(list): DecodedCache}, rank 0)
 
-RUN_OUTPUTS = ("config.json", "model.json", "env.json", "metrics.json", "model.pt", "log.csv", "checkpoints", "eval", "plots", "skipped.txt")
+RUN_OUTPUTS = ("config.json", "model.json", "env.json", "metrics.json", "model.pt", "log.csv", "checkpoints", "eval", "plots", "skipped.txt", "reused_from.json")
 
 def config_fingerprint(cfg_dict: dict) -> str:
     "What ties model.json (and so model.pt) to its config.json: a hash of the run config, recorded at the start of every run."

@@ -18,8 +18,8 @@ from .core import ConfigError, atomic_write_json, atomic_write_text, user_errors
 # %% auto #0
 __all__ = ['MIN_SEEDS', 'MIN_CLAIM_SEEDS', 'Study', 'load_study', 'tolerance_of', 'merge', 'StudyRun', 'study_runs',
            'run_config_of', 'metric_value', 'log_ends', 't975', 't_pvalue', 'paired', 'holm', 'verdict', 'gap_share',
-           'dose_slope', 'summarise', 'summary_markdown', 'claims_markdown', 'plot_study', 'results_row', 'run_study',
-           'write_summary', 'resummarise', 'study_main']
+           'dose_slope', 'summarise', 'summary_markdown', 'claims_markdown', 'plot_study', 'computation_key',
+           'finished_runs_in', 'adopt_run', 'results_row', 'run_study', 'write_summary', 'resummarise', 'study_main']
 
 # %% ../nbs/20_study.ipynb #fe0be9bc
 @dataclass
@@ -453,21 +453,83 @@ def plot_study(rows: pd.DataFrame, s: Study, metrics: list | None = None):
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
+# %% ../nbs/20_study.ipynb #6b138fb9
+def computation_key(recorded: dict) -> str | None:
+    "What a run computes, as a string: its run config less its name and where it lies (`same_run`'s rule, less the name; older\n"
+    "configs gain the new fields' defaults). None where `recorded` is not a config this reid_nb reads."
+    from reid_nb.engine import TrainConfig, run_config
+    try: c = run_config(TrainConfig.from_dict(recorded))
+    except (ConfigError, TypeError, ValueError): return None
+    return json.dumps({**c, "name": None, "data_root": None, "out_dir": None}, sort_keys=True)
+
+def finished_runs_in(folders: list) -> dict:
+    "{computation_key: run folder} of the finished runs (config.json and metrics.json) in `folders`, or one level down (a folder\n"
+    "of studies' run folders, e.g. runs/studies); where two share a key, the first in sorted order."
+    found = {}
+    for f in map(Path, folders):
+        if not f.is_dir(): raise FileNotFoundError(f"{f} is not a folder (expected one holding run folders to reuse, e.g. runs/studies)")
+        for cj in sorted([*f.glob("*/config.json"), *f.glob("*/*/config.json")]):
+            if not (cj.parent / "metrics.json").is_file(): continue
+            try: k = computation_key(json.loads(cj.read_text()))
+            except (OSError, ValueError): continue                          # not a run config: nothing to reuse there
+            if k is not None: found.setdefault(k, cj.parent)
+    return found
+
+def adopt_run(src: str | Path, cfg) -> Path:
+    "Make the finished run in `src` (another name, the same computation) `cfg`'s run folder without training: its outputs\n"
+    "hard-linked (copied where the file system cannot link; checkpoints/ left out: the run is finished), config.json and model.json\n"
+    "rewritten for `cfg`'s name, reused_from.json saying whence. What was in `cfg`'s folder goes first. The new folder."
+    import os, shutil
+    from reid_nb.engine import RUN_OUTPUTS, config_fingerprint, run_config
+    src, dst = Path(src), Path(cfg.out_dir) / cfg.name
+    if computation_key(json.loads((src / "config.json").read_text())) != computation_key(cfg.to_dict()):
+        raise ValueError(f"{src / 'config.json'} is another computation than run {cfg.name}'s: nothing to reuse")
+    if dst.exists() and dst.resolve() == src.resolve(): return dst
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "config.json").unlink(missing_ok=True)                  # first: an adoption killed half-way leaves no finished run
+    for n in RUN_OUTPUTS:
+        q = dst / n
+        if q.is_dir(): shutil.rmtree(q)
+        else: q.unlink(missing_ok=True)
+    def link(a, b):
+        try: os.link(a, b)
+        except OSError: shutil.copy2(a, b)
+    for n in RUN_OUTPUTS:
+        p = src / n
+        if n in ("config.json", "model.json", "checkpoints", "reused_from.json") or not p.exists(): continue
+        if p.is_dir(): shutil.copytree(p, dst / n, copy_function=link)
+        else: link(p, dst / n)
+    rc = run_config(cfg)
+    if (src / "model.json").is_file():                             # the weights' hash stays: the same model.pt
+        atomic_write_json(dst / "model.json", {**json.loads((src / "model.json").read_text()), "config_fingerprint": config_fingerprint(rc)})
+    old = src / "reused_from.json"                                  # a reused run reused again names the run that trained it
+    atomic_write_json(dst / "reused_from.json", json.loads(old.read_text()) if old.is_file() else {"run": str(src.resolve())})
+    atomic_write_json(dst / "config.json", rc)                      # last: from here on the folder is a finished run
+    return dst
+
 # %% ../nbs/20_study.ipynb #7d42d8d3
 def results_row(s: Study, r: StudyRun, m: dict) -> dict:
     return {**r.point, "variant": r.variant, "seed": r.seed, "run": r.name,
             **{k: metric_value(m, k) for k in [s.primary, *s.metrics]}, "train_seconds": metric_value(m, "log.seconds.sum")}
 
 def run_study(s: Study, out: str | Path = "runs/studies", data_root: str | Path = "data", jobs: int = 1, only: list | None = None,
-              runs_dir: str | Path | None = None) -> dict:
-    "Train the study's missing runs (under `runs_dir`, default out/<name>/runs), write results.csv, summary.json, summary.md,\n"
-    "claims.md and curves.png under out/<name>; the summary."
+              runs_dir: str | Path | None = None, reuse: list | None = None) -> dict:
+    "Train the study's missing runs (under `runs_dir`, default out/<name>/runs; a finished run of the same computation under\n"
+    "the folders `reuse` is adopted instead: `adopt_run`), write results.csv, summary.json, summary.md, claims.md and curves.png\n"
+    "under out/<name>; the summary."
     out = Path(out) / s.name
     out.mkdir(parents=True, exist_ok=True)
     runs = [r for r in study_runs(s) if only is None or r.name in only]
     runs_at = Path(runs_dir or out / "runs")
     cfgs = [run_config_of(s, r, runs_at, data_root).to_dict() for r in runs]             # all checked before the first run
     atomic_write_text(out / "study.yaml", Path(s.source).read_text() if s.source else yaml.safe_dump(s.__dict__))
+    if reuse:
+        from reid_nb.engine import TrainConfig
+        pool = finished_runs_in(reuse)
+        for c in cfgs:
+            cfg = TrainConfig.from_dict(c)
+            if _finished(cfg) is None and (src := pool.get(computation_key(c))) is not None:
+                adopt_run(src, cfg); print(f"{cfg.name}: reusing {src} (the same computation)", flush=True)
     # the trained runs first, then the evaluations of them (`evaluates:`)
     args = [(c, s.threads, runs_at / r.evaluates if r.evaluates else None) for r, c in zip(runs, cfgs)]
     done = {}
@@ -513,6 +575,9 @@ def study_main(argv=None) -> None:
     ap.add_argument("--out", default="runs/studies"); ap.add_argument("--data-root", default="data")
     ap.add_argument("--jobs", type=int, default=1); ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--runs", default=None, help="where the run folders go (default: <out>/<name>/runs)")
+    ap.add_argument("--reuse", action="append", default=None, metavar="DIR",
+                    help="take a finished run of the same computation from DIR (run folders, or folders of them: runs/studies) "
+                         "instead of training it; repeatable")
     ap.add_argument("--summarise", action="store_true", help="STUDY is an output folder: rewrite its summary from its results.csv")
     ap.add_argument("--reproduce", action="store_true", help="paper studies: reid_nb.reproduce over --data-root (--gpus, --runs)")
     ap.add_argument("--gpus", default=None, help="with --reproduce: GPU ids to keep busy, e.g. 0,1,2,3")
@@ -533,5 +598,5 @@ def study_main(argv=None) -> None:
                 run_config_of(s, r, a.runs or a.out, a.data_root)     # each run's config built and checked, as the run would
                 print(r.name, json.dumps(r.overrides))
             return
-        summ = run_study(s, a.out, a.data_root, a.jobs, runs_dir=a.runs)
+        summ = run_study(s, a.out, a.data_root, a.jobs, runs_dir=a.runs, reuse=a.reuse)
         print(summary_markdown(summ, s))

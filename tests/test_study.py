@@ -39,7 +39,7 @@ metrics: [cc.R1, mechanism.camera_probe.acc]
 comparisons: [[ifd, baseline]]
 """
 
-def test_ablation_notebook_runs_a_declared_study(tmp_path):
+def test_ablation_notebook_runs_a_declared_study(tmp_path, monkeypatch):
     "Two variants x three seeds (the loader's minimum for a comparison) and an evaluation-only variant through nbs/ablation.ipynb:\n"
     "a run each, results.csv from their metrics, the summary by hand, the report; the evaluations equal training the variant."
     f = tmp_path / "tiny.yaml"; f.write_text(TINY)
@@ -87,6 +87,24 @@ def test_ablation_notebook_runs_a_declared_study(tmp_path):
                         "-p", "study", str(f), "-p", "data_root", str(tmp_path / "data"), "-p", "out_dir", str(tmp_path / "studies"),
                         "-p", "runs_dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=900)
     assert p.returncode == 0 and before == {r: (tmp_path / "runs" / r / "model.pt").stat().st_mtime_ns for r in rows.run}
+    # another study declaring the same arms under its own name reuses them (--reuse): nothing trains or evaluates again, the same
+    # rows, and each adopted folder reads as a run of its own (read_run checks config, model.json and weights agree)
+    from reid_nb import engine
+    from reid_nb.inference import read_run
+    from reid_nb.study import run_study
+    f2 = tmp_path / "tiny2.yaml"; f2.write_text(TINY.replace("name: tiny", "name: tiny2"))
+    monkeypatch.setattr(engine, "fit", lambda *a, **k: pytest.fail("a reused run trained"))
+    monkeypatch.setattr(engine, "evaluate_trained", lambda *a, **k: pytest.fail("a reused evaluation ran again"))
+    threads = torch.get_num_threads()
+    try: run_study(load_study(f2), tmp_path / "studies", tmp_path / "data", runs_dir=tmp_path / "runs2", reuse=[tmp_path / "runs"])
+    finally: torch.set_num_threads(threads)
+    rows2 = pd.read_csv(tmp_path / "studies" / "tiny2" / "results.csv")
+    assert rows2.run.tolist() == [r.replace("tiny-", "tiny2-") for r in rows.run]
+    pd.testing.assert_frame_equal(rows2.drop(columns="run"), rows.drop(columns="run"))
+    for r in rows2.run:
+        cfg, *_ = read_run(tmp_path / "runs2" / r)
+        assert cfg.name == r and json.loads((tmp_path / "runs2" / r / "reused_from.json").read_text())["run"] == \
+            str((tmp_path / "runs" / r.replace("tiny2-", "tiny-")).resolve())
 
 @pytest.mark.parametrize("change,message", [
     (lambda t: t + "seed: 3\n", "unknown key(s) ['seed']"),
