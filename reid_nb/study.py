@@ -594,9 +594,11 @@ def study_main(argv=None) -> None:
             print(claims_markdown(resummarise(a.study), load_study(Path(a.study) / "study.yaml"))); return
         s = load_study(a.study, a.scale)
         if a.dry_run:
+            pool = finished_runs_in(a.reuse) if a.reuse else {}
             for r in study_runs(s):
-                run_config_of(s, r, a.runs or a.out, a.data_root)     # each run's config built and checked, as the run would
-                print(r.name, json.dumps(r.overrides))
+                c = run_config_of(s, r, a.runs or a.out, a.data_root)     # each run's config built and checked, as the run would
+                src = pool.get(computation_key(c.to_dict()))
+                print(r.name, json.dumps(r.overrides), *([f"(reuses {src})"] if src and _finished(c) is None else []))
             return
         summ = run_study(s, a.out, a.data_root, a.jobs, runs_dir=a.runs, reuse=a.reuse)
         print(summary_markdown(summ, s))
