@@ -446,7 +446,10 @@ def plot_study(rows: pd.DataFrame, s: Study, metrics: list | None = None):
             sns.pointplot(data=d, x=x, y=m, hue="variant", order=list(s.axes[x]) if axes else None, hue_order=list(s.variants),
                           errorbar=_t_interval, dodge=0.3, ax=ax, legend=(i == 0 and j == 0))
             ch = m.rsplit(".", 1)[0] + ".chance"
-            if ch in d and d[ch].notna().any(): ax.axhline(d[ch].mean(), ls=":", c="k", lw=1)
+            if ch in d and d[ch].notna().any() and axes:                # each point's own chance: its data may differ
+                c = d.groupby(x)[ch].mean().reindex(list(s.axes[x])).values
+                ax.hlines(c, np.arange(len(c)) - 0.4, np.arange(len(c)) + 0.4, ls=":", colors="k", lw=1)
+            elif ch in d and d[ch].notna().any(): ax.axhline(d[ch].mean(), ls=":", c="k", lw=1)
             ax.set_title(m if col is None else f"{m} — {axes[1]} {col}", fontsize=9); ax.set_ylabel("")
     if grid[0, 0].get_legend(): sns.move_legend(grid[0, 0], "lower left", bbox_to_anchor=(0, 1.12), ncol=len(s.variants), fontsize=8, title=None)
     fig.suptitle(f"{s.name}: mean over {len(s.seeds)} seeds, 95% t intervals (dotted: a probe's chance)", fontsize=10)
