@@ -30,10 +30,10 @@ __all__ = ['METHODS', 'METHOD_MODULES', 'MODEL_FORMAT', 'RUN_OUTPUTS', 'TrainCon
            'stage_optimizer', 'extract_features', 'EvalFeatures', 'evaluated_lists', 'evaluate_protocols', 'write_log',
            'best_of_evaluated', 'GlobalBatchNorm', 'convert_sync_bn', 'resolve_amp', 'resolve_memory_format',
            'transform_config', 'model_spec', 'load_data', 'train_batches', 'Run', 'config_fingerprint', 'run_config',
-           'same_run', 'claim_run_dir', 'prepare_run', 'Schedule', 'restore', 'train_epoch', 'step_aux', 'aux_lr',
-           'precise_bn', 'settle_bn', 'evaluation_row', 'checkpoint_state', 'format_row', 'end_epoch', 'mechanism_row',
-           'finish', 'fit', 'eval_only_difference', 'evaluate_trained', 'evaluation_current', 'parse_sets', 'main',
-           'smoke_config', 'make_config']
+           'same_run', 'run_identity', 'remove_run_outputs', 'claim_run_dir', 'prepare_run', 'Schedule', 'restore',
+           'train_epoch', 'step_aux', 'aux_lr', 'precise_bn', 'settle_bn', 'evaluation_row', 'checkpoint_state',
+           'format_row', 'end_epoch', 'mechanism_row', 'finish', 'fit', 'eval_only_difference', 'evaluate_trained',
+           'evaluation_current', 'parse_sets', 'main', 'smoke_config', 'make_config']
 
 # %% ../nbs/08_engine.ipynb #5
 @dataclass
@@ -543,9 +543,19 @@ def same_run(recorded: dict, cfg: TrainConfig) -> bool:
     "Is `recorded` (a config.json or checkpoint's config) the run `cfg` describes? Fields added to TrainConfig after it was"
     "written count at their defaults, so a run from an older reid_nb resumes; a field it has that this one lacks does not match."
     "Where the data and the runs are mounted (`data_root`, `out_dir`) is not part of it: another machine may resume the run."
-    where = lambda c: {**run_config(c), "data_root": None, "out_dir": None}
-    try: return where(TrainConfig.from_dict(recorded)) == where(cfg)
+    try: return run_identity(TrainConfig.from_dict(recorded)) == run_identity(cfg)
     except (ConfigError, TypeError, ValueError): return False
+
+def run_identity(cfg: TrainConfig) -> dict:
+    "What `same_run` compares: the run config less where the data and the runs are mounted (`data_root`, `out_dir`)."
+    return {**run_config(cfg), "data_root": None, "out_dir": None}
+
+def remove_run_outputs(path: Path) -> None:
+    "Remove what a run writes in `path` (RUN_OUTPUTS; config.json first, so a removal killed half-way leaves no run behind)."
+    for n in RUN_OUTPUTS:
+        q = path / n
+        if q.is_dir(): shutil.rmtree(q)
+        else: q.unlink(missing_ok=True)
 
 def claim_run_dir(rd: RunDir, cfg: TrainConfig, remove: bool = True) -> None:
     """Let a run start in `rd` only where no run is (no config.json), or where the user asked to resume it or to overwrite it;
@@ -559,11 +569,7 @@ def claim_run_dir(rd: RunDir, cfg: TrainConfig, remove: bool = True) -> None:
     if not cfg.overwrite:
         raise FileExistsError(f"{rd.path} already holds a run (its config.json); pass resume=True to continue it, overwrite=True "
                               f"to replace it, or choose another name")
-    if not remove: return
-    for n in RUN_OUTPUTS:
-        q = rd.path / n
-        if q.is_dir(): shutil.rmtree(q)
-        else: q.unlink(missing_ok=True)
+    if remove: remove_run_outputs(rd.path)
 
 def _decode_caches(cfg: TrainConfig, data: ReIDData, method: Method, train_tf, rank: int, first: bool, device: torch.device):
     "data_path='cache': the training set decoded once per node (memory-mapped under `cache_dir` if set) and the evaluated lists."

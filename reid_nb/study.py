@@ -446,10 +446,11 @@ def plot_study(rows: pd.DataFrame, s: Study, metrics: list | None = None):
             sns.pointplot(data=d, x=x, y=m, hue="variant", order=list(s.axes[x]) if axes else None, hue_order=list(s.variants),
                           errorbar=_t_interval, dodge=0.3, ax=ax, legend=(i == 0 and j == 0))
             ch = m.rsplit(".", 1)[0] + ".chance"
-            if ch in d and d[ch].notna().any() and axes:                # each point's own chance: its data may differ
-                c = d.groupby(x)[ch].mean().reindex(list(s.axes[x])).values
-                ax.hlines(c, np.arange(len(c)) - 0.4, np.arange(len(c)) + 0.4, ls=":", colors="k", lw=1)
-            elif ch in d and d[ch].notna().any(): ax.axhline(d[ch].mean(), ls=":", c="k", lw=1)
+            if ch in d and d[ch].notna().any():
+                if not axes: ax.axhline(d[ch].mean(), ls=":", c="k", lw=1)
+                else:                                                   # each point's own chance: its data may differ
+                    c = d.groupby(x)[ch].mean().reindex(list(s.axes[x])).values
+                    ax.hlines(c, np.arange(len(c)) - 0.4, np.arange(len(c)) + 0.4, ls=":", colors="k", lw=1)
             ax.set_title(m if col is None else f"{m} — {axes[1]} {col}", fontsize=9); ax.set_ylabel("")
     if grid[0, 0].get_legend(): sns.move_legend(grid[0, 0], "lower left", bbox_to_anchor=(0, 1.12), ncol=len(s.variants), fontsize=8, title=None)
     fig.suptitle(f"{s.name}: mean over {len(s.seeds)} seeds, 95% t intervals (dotted: a probe's chance)", fontsize=10)
@@ -460,10 +461,9 @@ def plot_study(rows: pd.DataFrame, s: Study, metrics: list | None = None):
 def computation_key(recorded: dict) -> str | None:
     "What a run computes, as a string: its run config less its name and where it lies (`same_run`'s rule, less the name; older\n"
     "configs gain the new fields' defaults). None where `recorded` is not a config this reid_nb reads."
-    from reid_nb.engine import TrainConfig, run_config
-    try: c = run_config(TrainConfig.from_dict(recorded))
+    from reid_nb.engine import TrainConfig, run_identity
+    try: return json.dumps({**run_identity(TrainConfig.from_dict(recorded)), "name": None}, sort_keys=True)
     except (ConfigError, TypeError, ValueError): return None
-    return json.dumps({**c, "name": None, "data_root": None, "out_dir": None}, sort_keys=True)
 
 def finished_runs_in(folders: list) -> dict:
     "{computation_key: run folder} of the finished runs (config.json and metrics.json) in `folders`, or one level down (a folder\n"
@@ -483,17 +483,13 @@ def adopt_run(src: str | Path, cfg) -> Path:
     "hard-linked (copied where the file system cannot link; checkpoints/ left out: the run is finished), config.json and model.json\n"
     "rewritten for `cfg`'s name, reused_from.json saying whence. What was in `cfg`'s folder goes first. The new folder."
     import os, shutil
-    from reid_nb.engine import RUN_OUTPUTS, config_fingerprint, run_config
+    from reid_nb.engine import RUN_OUTPUTS, config_fingerprint, remove_run_outputs, run_config
     src, dst = Path(src), Path(cfg.out_dir) / cfg.name
     if computation_key(json.loads((src / "config.json").read_text())) != computation_key(cfg.to_dict()):
         raise ValueError(f"{src / 'config.json'} is another computation than run {cfg.name}'s: nothing to reuse")
     if dst.exists() and dst.resolve() == src.resolve(): return dst
     dst.mkdir(parents=True, exist_ok=True)
-    (dst / "config.json").unlink(missing_ok=True)                  # first: an adoption killed half-way leaves no finished run
-    for n in RUN_OUTPUTS:
-        q = dst / n
-        if q.is_dir(): shutil.rmtree(q)
-        else: q.unlink(missing_ok=True)
+    remove_run_outputs(dst)                                        # config.json first: a killed adoption leaves no finished run
     def link(a, b):
         try: os.link(a, b)
         except OSError: shutil.copy2(a, b)
